@@ -1,0 +1,172 @@
+"""`SSLDataModule`: iteration-based SSL data for Lightning.
+
+It yields uint8 batches that carry dataset indices; augmentation happens on the device inside the
+LightningModule. The split comes from (in order of precedence) an ``SSLSplit``/``PoisonedSplit``
+passed in code, a PoisonedSplit artifact (``poisoned_split: path.npz``), or the named dataset read
+from disk and split by :func:`make_split` with ``seed``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_ssl_backdoor.data.imageset import ImageSet, quantize
+from lightning_ssl_backdoor.data.split import PoisonedSplit, SSLSplit, make_split
+from lightning_ssl_backdoor.data.streams import EvalStream, SSLTrainStream
+from lightning_ssl_backdoor.errors import ConfigError
+
+
+def triggered_copy(images: torch.Tensor, trigger: torch.nn.Module, chunk: int = 1024) -> torch.Tensor:
+    """Apply ``trigger`` in float [0, 1] to uint8 ``images`` in chunks; clip and quantise once."""
+    out = torch.empty_like(images)
+    with torch.no_grad():
+        for s in range(0, len(images), chunk):
+            x = images[s : s + chunk].float().div_(255.0)
+            out[s : s + chunk] = quantize(trigger(x))
+    return out
+
+
+class SSLDataModule(pl.LightningDataModule):
+    """Labeled + unlabeled training stream at ratio ``mu``; clean and triggered evaluation.
+
+    Args:
+        dataset: one of ``digits, cifar10, cifar100, svhn, stl10, folder``.
+        root: folder holding the dataset files (not needed for ``digits``).
+        image_size: images are resized to this side length (digits: upscaled from 8x8).
+        num_labeled / labels_per_class: labeled budget, total or per class (class-balanced).
+        num_unlabeled: optional cap on the unlabeled pool (reduced-scale runs).
+        include_labeled_in_unlabeled: also put the labeled images in the unlabeled pool.
+        batch_size: labeled images per step; the unlabeled batch is ``mu * batch_size``.
+        eval_batch_size: images per evaluation batch.
+        num_workers: loader worker processes.
+        seed: controls the split and the sampling order.
+        poisoned_split: path of a PoisonedSplit artifact (written by ``ssl-backdoor poison``).
+        split: a ready ``SSLSplit`` / ``PoisonedSplit`` (programmatic use; overrides the rest).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "digits",
+        root: Optional[str] = None,
+        image_size: int = 32,
+        num_labeled: Optional[int] = None,
+        labels_per_class: Optional[int] = 4,
+        num_unlabeled: Optional[int] = None,
+        include_labeled_in_unlabeled: bool = False,
+        batch_size: int = 64,
+        mu: int = 7,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        poisoned_split: Optional[str] = None,
+        split: Optional[SSLSplit] = None,
+    ) -> None:
+        super().__init__()
+        if num_labeled is not None:
+            labels_per_class = None
+        if batch_size < 1 or mu < 0 or eval_batch_size < 1:
+            raise ConfigError("batch_size and eval_batch_size must be >= 1 and mu >= 0.")
+        self.save_hyperparameters(ignore=["split"])
+        self.dataset, self.root, self.image_size = dataset, root, int(image_size)
+        self.num_labeled, self.labels_per_class = num_labeled, labels_per_class
+        self.num_unlabeled = num_unlabeled
+        self.include_labeled_in_unlabeled = include_labeled_in_unlabeled
+        self.batch_size, self.mu, self.eval_batch_size = int(batch_size), int(mu), int(eval_batch_size)
+        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.poisoned_split = poisoned_split
+        self._split: Optional[SSLSplit] = split
+        self._triggered_test: Optional[torch.Tensor] = None
+
+    # ----------------------------------------------------------------- split
+    @property
+    def split(self) -> SSLSplit:
+        if self._split is None:
+            self._split = self._build_split()
+        return self._split
+
+    def _build_split(self) -> SSLSplit:
+        if self.poisoned_split is not None:
+            from lightning_ssl_backdoor.attacks.io import load_poisoned_split
+
+            return load_poisoned_split(self.poisoned_split)
+        from lightning_ssl_backdoor.data.readers import load_dataset
+
+        train = load_dataset(self.dataset, "train", root=self.root, image_size=self.image_size)
+        test = load_dataset(self.dataset, "test", root=self.root, image_size=self.image_size)
+        return make_split(
+            train,
+            test,
+            num_labeled=self.num_labeled,
+            labels_per_class=self.labels_per_class,
+            include_labeled_in_unlabeled=self.include_labeled_in_unlabeled,
+            seed=self.seed,
+            num_unlabeled=self.num_unlabeled,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.split.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.split.test.images.shape[1])
+
+    @property
+    def trigger(self) -> Optional[torch.nn.Module]:
+        return getattr(self.split, "trigger", None)
+
+    @property
+    def target(self) -> Optional[int]:
+        t = getattr(self.split, "target", None)
+        return None if t is None else int(t)
+
+    @property
+    def unlabeled_poison_mask(self) -> Optional[torch.Tensor]:
+        if isinstance(self.split, PoisonedSplit):
+            return self.split.unlabeled_poison_mask
+        return None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        split = self.split
+        if self.trigger is not None and self._triggered_test is None:
+            self._triggered_test = triggered_copy(split.test.images, self.trigger)
+
+    # ----------------------------------------------------------- dataloaders
+    def _loader(self, stream) -> DataLoader:
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        split = self.split
+        start = 0
+        if self.trainer is not None:
+            start = int(self.trainer.global_step)
+        stream = SSLTrainStream(
+            split.labeled,
+            split.unlabeled if self.mu > 0 else None,
+            batch_size=self.batch_size,
+            mu=self.mu,
+            seed=self.seed,
+            start_step=start,
+        )
+        return self._loader(stream)
+
+    def eval_stream(self, images: Optional[ImageSet] = None) -> EvalStream:
+        test = self.split.test if images is None else images
+        trig = self._triggered_test if images is None else None
+        return EvalStream(test.images, test.targets, self.eval_batch_size, triggered=trig)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_stream())
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_stream())

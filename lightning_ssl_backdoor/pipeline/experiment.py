@@ -1,0 +1,212 @@
+"""``ssl-backdoor experiment``: data -> split -> attack -> data defenses -> training -> evaluation -> report.
+
+Each stage's output is cached under ``OUTPUT/cache`` keyed by a hash of everything that determines
+it, so re-running (or changing only a later stage) reuses earlier stages, and an interrupted run
+resumes (training restarts from its last checkpoint). Rows (algorithm x attack x defense x seed) are
+independent, so several processes or GPUs can take rows of one grid in parallel (``--rows``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lightning_ssl_backdoor import __version__
+from lightning_ssl_backdoor.data import SSLSplit, make_split
+from lightning_ssl_backdoor.data.artifacts import sha256_array
+from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.pipeline.config import DataConfig, ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.pipeline.training import train_row
+
+
+def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
+    from lightning_ssl_backdoor.data.readers import load_dataset
+
+    d = cfg.data
+    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size)
+    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size)
+    return make_split(
+        train,
+        test,
+        num_labeled=d.num_labeled,
+        labels_per_class=None if d.num_labeled is not None else d.labels_per_class,
+        include_labeled_in_unlabeled=d.include_labeled_in_unlabeled,
+        seed=seed,
+        num_unlabeled=d.num_unlabeled,
+    )
+
+
+def split_key(cfg: ExperimentConfig, seed: int) -> str:
+    d = cfg.data
+    return config_hash(
+        "split", d.dataset, d.root, d.image_size, d.num_labeled, d.labels_per_class,
+        d.num_unlabeled, d.include_labeled_in_unlabeled, seed,
+    )
+
+
+def data_hashes(split: SSLSplit) -> dict[str, str]:
+    return {
+        name: sha256_array(getattr(split, name).images.numpy())
+        for name in ("labeled", "unlabeled", "test")
+    }
+
+
+class Runner:
+    """Runs the rows of one experiment config; every stage cached under ``output/cache``."""
+
+    def __init__(self, cfg: ExperimentConfig, output: Path, progress: bool = True) -> None:
+        cfg.validate()
+        self.cfg, self.output, self.progress = cfg, output, progress
+        self.cache = output / "cache"
+        self._splits: dict[int, SSLSplit] = {}
+
+    # ------------------------------------------------------------- stages
+    def clean_split(self, seed: int) -> SSLSplit:
+        if seed not in self._splits:
+            self._splits[seed] = load_clean_split(self.cfg, seed)
+        return self._splits[seed]
+
+    def attacked_split(self, seed: int, attack: Optional[Spec]) -> tuple[SSLSplit, str]:
+        base = split_key(self.cfg, seed)
+        if attack is None:
+            return self.clean_split(seed), base
+        from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage
+
+        key = config_hash(base, "attack", asdict(attack), self.cfg.surrogate)
+        split = run_attack_stage(
+            self.clean_split(seed), attack, self.cfg.surrogate, seed,
+            self.cache / f"attack-{key}", surrogate_dir=self.cache / f"surrogate-{config_hash(base, self.cfg.surrogate)}",
+        )
+        return split, key
+
+    def defended_split(self, split: SSLSplit, key: str, defense: Optional[Spec], seed: int) -> tuple[SSLSplit, str, dict]:
+        if defense is None:
+            return split, key, {}
+        from lightning_ssl_backdoor.pipeline.defense_stage import apply_data_defense
+
+        dkey = config_hash(key, "defense", asdict(defense))
+        new_split, info = apply_data_defense(split, defense, seed, self.cache / f"defense-{dkey}")
+        return new_split, dkey, info
+
+    # --------------------------------------------------------------- rows
+    def rows(self) -> list[tuple[Spec, Optional[Spec], Optional[Spec], int]]:
+        c = self.cfg
+        return list(itertools.product(c.algorithms, c.attacks, c.defenses, c.seeds))
+
+    def run_row(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> dict[str, Any]:
+        split, akey = self.attacked_split(seed, attack)
+        split, dkey, defense_info = self.defended_split(split, akey, defense, seed)
+        tkey = config_hash(dkey, "train", asdict(algorithm), self.cfg.model, asdict(self.cfg.data), asdict(self.cfg.trainer), seed)
+        res = train_row(
+            split, algorithm, self.cfg.model, self.cfg.data, self.cfg.trainer, seed,
+            self.cache / f"train-{tkey}", enable_progress_bar=self.progress,
+        )
+        return self.make_row(algorithm, attack, defense, seed, split, res, defense_info, tkey)
+
+    def make_row(self, algorithm, attack, defense, seed, split, res, defense_info, tkey) -> dict[str, Any]:
+        t = res["test"]
+        best = "_ema" if res.get("has_ema") else ""
+
+        def pct(k: str) -> Optional[float]:
+            return None if k not in t else round(100.0 * t[k], 2)
+
+        poisoned = getattr(split, "unlabeled_poison_mask", None)
+        row = {
+            "algorithm": algorithm.display,
+            "attack": None if attack is None else attack.display,
+            "defense": None if defense is None else defense.display,
+            "seed": seed,
+            "evaluated_weights": "ema" if best else "raw",
+            "clean_accuracy": pct("acc" + best),
+            "asr": pct("asr" + best),
+            "asr_conditioned": pct("asr_cond" + best),
+            "clean_accuracy_raw": pct("acc"),
+            "asr_raw": pct("asr"),
+            "asr_conditioned_raw": pct("asr_cond"),
+            "target": getattr(split, "target", None),
+            "num_labeled": len(split.labeled),
+            "num_unlabeled": len(split.unlabeled),
+            "num_poisons": None if poisoned is None else int(poisoned.sum()),
+            "steps": res["steps"],
+            "fit_seconds": round(res["fit_seconds"], 1),
+            "history": res["history"],
+            "defense_info": defense_info,
+            "data_hashes": data_hashes(split),
+            "cache_key": tkey,
+        }
+        return row
+
+    def run(self, only: Optional[list[int]] = None) -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        rows = self.rows()
+        chosen = [i for i in range(len(rows)) if only is None or i in only]
+        out = []
+        bar = tqdm(chosen, desc="experiment rows", disable=not self.progress, file=sys.stderr)
+        for i in bar:
+            algorithm, attack, defense, seed = rows[i]
+            t0 = time.perf_counter()
+            row = self.run_row(algorithm, attack, defense, seed)
+            out.append(row)
+            tqdm.write(
+                f"[{i + 1}/{len(rows)}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
+                f"seed={seed}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+            )
+        return out
+
+
+def experiment_main(argv: list[str]) -> int:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="ssl-backdoor experiment",
+        description="Run attack -> defense -> SSL training -> evaluation and write the report.",
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="experiment YAML")
+    parser.add_class_arguments(ExperimentConfig, None, fail_untyped=False)
+    parser.add_argument("--rows", type=Optional[list[int]], default=None, help="run only these row numbers (0-based)")
+    parser.add_argument("--no_progress", type=bool, default=False, help="hide progress bars")
+    ns = parser.parse_args(argv)
+    cfg = config_from_dict(ns.as_dict())
+    output = Path(cfg.output or Path("runs") / cfg.name)
+    t0 = time.perf_counter()
+    runner = Runner(cfg, output, progress=not ns.no_progress)
+    rows = runner.run(ns.rows)
+    from lightning_ssl_backdoor.report.tables import write_report
+
+    paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
+    print(paths["table"])
+    print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")
+    return 0
+
+
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from parsed (or hand-written) nested dicts."""
+    fields = {k: d[k] for k in ExperimentConfig.__dataclass_fields__ if k in d and d[k] is not None}
+    if isinstance(fields.get("data"), dict):
+        fields["data"] = DataConfig(**fields["data"])
+    if isinstance(fields.get("trainer"), dict):
+        fields["trainer"] = TrainerConfig(**fields["trainer"])
+    cfg = ExperimentConfig(**fields)
+    cfg.algorithms = [_spec(a) for a in cfg.algorithms]
+    cfg.attacks = [None if a is None else _spec(a) for a in cfg.attacks]
+    cfg.defenses = [None if x is None else _spec(x) for x in cfg.defenses]
+    return cfg
+
+
+def _spec(x: Any) -> Spec:
+    if isinstance(x, Spec):
+        return x
+    if isinstance(x, str):
+        return Spec(name=x)
+    if isinstance(x, dict):
+        x = {k: v for k, v in x.items() if k != "class_path"}
+        return Spec(name=x["name"], init_args=dict(x.get("init_args") or {}), label=x.get("label"))
+    raise ConfigError(f"cannot read {x!r} as a component; write a name or {{name: ..., init_args: {{...}}}}.")

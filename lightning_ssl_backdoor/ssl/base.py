@@ -1,0 +1,303 @@
+"""`SSLModule`: the Lightning base every SSL algorithm builds on.
+
+The base owns what all algorithms share: the model (built by name, normalisation inside),
+device-side augmentation in ``on_after_batch_transfer``, SGD with momentum / Nesterov and weight
+decay that skips BatchNorm and bias parameters, FixMatch's cosine schedule over ``max_steps``,
+optional EMA weights, and evaluation of raw and EMA weights (clean accuracy, ASR and ASR conditioned
+on a correct clean prediction, Yan et al. Eq. 6) through torchmetrics, so it is exact under DDP.
+
+An algorithm subclass defines ``unlabeled_views`` (which augmented views of the unlabeled batch it
+needs) and :meth:`compute_losses`, and validates its own config in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_ssl_backdoor.errors import ConfigError
+
+
+class SSLModule(pl.LightningModule):
+    """Base class. Args are shared by every algorithm.
+
+    Args:
+        arch: backbone name for :func:`lightning_ssl_backdoor.models.build_model`.
+        num_classes, in_channels: linked from the data module by the CLI.
+        model_kwargs: extra keyword arguments for the model builder (widths, mean/std, ...).
+        lr, momentum, nesterov, weight_decay: SGD settings (FixMatch: 0.03, 0.9, True, 5e-4).
+        schedule: ``"cosine"`` (lr * cos(7 pi k / 16 K), Sohn et al. 2020) or ``"constant"``.
+        warmup_steps: linear warm-up of the learning rate.
+        ema_decay: EMA of the weights (0.999 in FixMatch); ``None`` disables it.
+        lambda_u: weight of the unlabeled loss.
+        weak_pad: padding of the weak augmentation's random crop (4 on 32x32; scaled by the caller).
+        strong_n, strong_m: RandAugment ops per image and maximal magnitude.
+        channels_last: run the model in channels-last memory format.
+    """
+
+    #: augmented views of the unlabeled batch the algorithm needs: "weak", "strong", "weak2", ...
+    unlabeled_views: Sequence[str] = ()
+    #: whether the algorithm uses the unlabeled batch at all
+    uses_unlabeled: bool = True
+
+    def __init__(
+        self,
+        arch: str = "wrn28_2",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        model_kwargs: Optional[dict] = None,
+        lr: float = 0.03,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        ema_decay: Optional[float] = 0.999,
+        lambda_u: float = 1.0,
+        weak_pad: int = 4,
+        strong_n: int = 2,
+        strong_m: int = 10,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {schedule!r}.")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1) or null, got {ema_decay}.")
+        if lr <= 0:
+            raise ConfigError(f"lr must be positive, got {lr}.")
+        self.save_hyperparameters()
+        from lightning_ssl_backdoor.augment import StrongAugment, WeakAugment
+        from lightning_ssl_backdoor.models import build_model
+
+        self.model = build_model(arch, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
+        self.ema_model: Optional[nn.Module] = None
+        if ema_decay is not None:
+            self.ema_model = copy.deepcopy(self.model)
+            for p in self.ema_model.parameters():
+                p.requires_grad_(False)
+        self.weak = WeakAugment(pad=weak_pad)
+        self.strong = StrongAugment(n=strong_n, m=strong_m)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            if self.ema_model is not None:
+                self.ema_model = self.ema_model.to(memory_format=torch.channels_last)
+        self.target: Optional[int] = None
+        self._eval_metrics: Optional[nn.ModuleDict] = None
+        self.register_buffer("_poison_mask", torch.zeros(0, dtype=torch.bool), persistent=False)
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self._fmt(x))
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def forward_cat(self, *xs: torch.Tensor, model: Optional[nn.Module] = None) -> list[torch.Tensor]:
+        """One forward pass over the concatenation of ``xs`` (FixMatch's single pass), split back."""
+        model = self.model if model is None else model
+        logits = model(self._fmt(torch.cat(xs)))
+        return list(torch.split(logits, [len(x) for x in xs]))
+
+    # ------------------------------------------------------- augmentation
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 -> float [0, 1]; build the augmented views the algorithm asked for (training only)."""
+        if "labeled" not in batch:  # evaluation batch
+            out = dict(batch)
+            out["x"] = batch["x"].float().div_(255.0)
+            if "x_trig" in batch:
+                out["x_trig"] = batch["x_trig"].float().div_(255.0)
+            return out
+        lab = batch["labeled"]
+        x_l = lab["x"].float().div_(255.0)
+        out = {"labeled": {"x": x_l, "weak": self.weak(x_l), "y": lab["y"], "idx": lab["idx"]}}
+        if "unlabeled" in batch and self.uses_unlabeled:
+            unl = batch["unlabeled"]
+            x_u = unl["x"].float().div_(255.0)
+            views = {"x": x_u, "idx": unl["idx"]}
+            for v in self.unlabeled_views:
+                views[v] = self.make_view(v, x_u)
+            out["unlabeled"] = views
+        return out
+
+    def make_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``weak*`` -> flip + crop; ``strong*`` -> weak then per-sample RandAugment + Cutout."""
+        if name.startswith("weak"):
+            return self.weak(x)
+        if name.startswith("strong"):
+            return self.strong(self.weak(x))
+        if name == "raw":
+            return x
+        raise ConfigError(f"unknown view {name!r}; use names starting with 'weak' or 'strong'.")
+
+    # ------------------------------------------------------------ training
+    def compute_losses(self, labeled: dict, unlabeled: Optional[dict]) -> dict[str, Any]:
+        """Return ``{"loss": total, ...}``; optional ``u_pseudo`` / ``u_mask`` for backdoor stats."""
+        raise NotImplementedError
+
+    def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.compute_losses(batch["labeled"], batch.get("unlabeled"))
+        bs = len(batch["labeled"]["y"])
+        for k, v in out.items():
+            if k in ("u_pseudo", "u_mask") or not torch.is_tensor(v) and not isinstance(v, float):
+                continue
+            if torch.is_tensor(v) and v.numel() != 1:
+                continue
+            self.log(f"train/{k}", v.detach() if torch.is_tensor(v) else v, batch_size=bs,
+                     prog_bar=k in ("loss", "mask_rate"))
+        self._log_backdoor_stats(out, batch.get("unlabeled"))
+        return out["loss"]
+
+    def _log_backdoor_stats(self, out: dict, unlabeled: Optional[dict]) -> None:
+        """Share of poisoned / clean unlabeled samples pseudo-labelled as the target and masked in."""
+        if unlabeled is None or "u_pseudo" not in out or self.target is None or self._poison_mask.numel() == 0:
+            return
+        poisoned = self._poison_mask[unlabeled["idx"]]
+        pseudo = out["u_pseudo"]
+        mask = out.get("u_mask", torch.ones_like(pseudo, dtype=torch.bool))
+        for name, sel in (("poisoned", poisoned), ("clean", ~poisoned)):
+            n = sel.sum()
+            if n == 0:
+                continue
+            self.log(f"backdoor/{name}_pseudo_target", ((pseudo == self.target) & sel).sum() / n, batch_size=int(n))
+            self.log(f"backdoor/{name}_mask_rate", (mask & sel).sum() / n, batch_size=int(n))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """theta_ema <- d * theta_ema + (1 - d) * theta; buffers (BN statistics) copied."""
+        if self.ema_model is None:
+            return
+        d = float(self.hparams.ema_decay)
+        for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
+            pe.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        for be, b in zip(self.ema_model.buffers(), self.model.buffers()):
+            be.copy_(b)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        opt = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+            nesterov=self.hparams.nesterov and self.hparams.momentum > 0,
+        )
+        total = self.total_steps()
+        warm = int(self.hparams.warmup_steps)
+        cosine = self.hparams.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            return math.cos(7.0 * math.pi * (step - warm) / (16.0 * max(1, total - warm)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def total_steps(self) -> int:
+        if self._trainer is None:
+            return 1
+        ms = self.trainer.max_steps
+        if ms is None or ms < 0:
+            raise ConfigError("SSL training is iteration-based: set trainer.max_steps to a positive number.")
+        return int(ms)
+
+    # ---------------------------------------------------------- evaluation
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "target", None) is not None:
+            self.target = int(dm.target)
+            mask = getattr(dm, "unlabeled_poison_mask", None)
+            if mask is not None:
+                self._poison_mask = mask.clone()
+        self._build_eval_metrics()
+
+    def _build_eval_metrics(self) -> None:
+        from lightning_ssl_backdoor.metrics import AttackSuccessRate, CleanAccuracy
+
+        metrics = {}
+        for model_name in self.eval_models():
+            for stage in ("val", "test"):
+                p = f"{stage}_{model_name}"
+                metrics[f"{p}_acc"] = CleanAccuracy()
+                if self.target is not None:
+                    metrics[f"{p}_asr"] = AttackSuccessRate(self.target, conditioned=False)
+                    metrics[f"{p}_asr_cond"] = AttackSuccessRate(self.target, conditioned=True)
+        self._eval_metrics = nn.ModuleDict(metrics)
+
+    def eval_models(self) -> list[str]:
+        return ["raw"] + (["ema"] if self.ema_model is not None else [])
+
+    def _model_by_name(self, name: str) -> nn.Module:
+        return self.model if name == "raw" else self.ema_model  # type: ignore[return-value]
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        assert self._eval_metrics is not None
+        y = batch["y"]
+        for name in self.eval_models():
+            model = self._model_by_name(name)
+            p = f"{stage}_{name}"
+            clean = model(self._fmt(batch["x"])).argmax(1)
+            self._eval_metrics[f"{p}_acc"].update(clean, y)
+            if self.target is not None and "x_trig" in batch:
+                trig = model(self._fmt(batch["x_trig"])).argmax(1)
+                self._eval_metrics[f"{p}_asr"].update(trig, y)
+                self._eval_metrics[f"{p}_asr_cond"].update(trig, y, clean)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        assert self._eval_metrics is not None
+        for key, metric in self._eval_metrics.items():
+            if not key.startswith(stage + "_"):
+                continue
+            _, model_name, what = key.split("_", 2)
+            self.log(f"{stage}/{what}" + ("" if model_name == "raw" else "_ema"), metric.compute(), sync_dist=False)
+            metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------- checkpoint RNG state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_rng = (checkpoint.get("rng_cpu"), checkpoint.get("rng_cuda"))
+
+    def on_train_start(self) -> None:
+        rng = getattr(self, "_restored_rng", None)
+        if rng is not None:
+            if rng[0] is not None:
+                torch.set_rng_state(rng[0].cpu() if torch.is_tensor(rng[0]) else rng[0])
+            if rng[1] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng[1])
+            self._restored_rng = None

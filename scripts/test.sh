@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite: installs into .venv if needed, then runs pytest (CPU only, a few minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+exec .venv/bin/python -m pytest -q "$@"
