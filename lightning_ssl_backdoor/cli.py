@@ -30,7 +30,12 @@ Run `ssl-backdoor SUBCOMMAND --help` for the options of one subcommand.
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
-def _lightning_cli(argv: list[str]) -> int:
+def make_cli(argv: list[str], run: bool = True):
+    """The LightningCLI over any :class:`SSLModule` subclass and :class:`SSLDataModule`.
+
+    With ``run=False`` the arguments are parsed and the classes instantiated without a subcommand
+    (used by tests and by code that wants the configured objects).
+    """
     from pytorch_lightning.cli import LightningCLI
 
     from lightning_ssl_backdoor.data import SSLDataModule
@@ -41,15 +46,15 @@ def _lightning_cli(argv: list[str]) -> int:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
             parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
 
-    SSLCLI(
+    return SSLCLI(
         SSLModule,
         SSLDataModule,
         subclass_mode_model=True,
         args=argv,
+        run=run,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"check_val_every_n_epoch": None},
     )
-    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -63,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     quiet_lightning()
     try:
         if cmd in LIGHTNING_COMMANDS:
-            return _lightning_cli([cmd] + rest)
+            make_cli([cmd] + rest)
+            return 0
         if cmd == "poison":
             from lightning_ssl_backdoor.attacks.cli import poison_main
 

@@ -12,9 +12,10 @@ needs) and :meth:`compute_losses`, and validates its own config in ``__init__``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -114,6 +115,7 @@ class SSLModule(pl.LightningModule):
             if "x_trig" in batch:
                 out["x_trig"] = batch["x_trig"].float().div_(255.0)
             return out
+        self._restore_rng_if_resumed()
         lab = batch["labeled"]
         x_l = lab["x"].float().div_(255.0)
         out = {"labeled": {"x": x_l, "weak": self.weak(x_l), "y": lab["y"], "idx": lab["idx"]}}
@@ -144,6 +146,46 @@ class SSLModule(pl.LightningModule):
     def supervised_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
+    # ------------------------------------------- helpers shared by algorithms
+    RAMP_SHAPES = ("linear", "sigmoid")
+
+    @staticmethod
+    def check_ramp(ratio: float, shape: str) -> None:
+        """Config check of a ramp-up: ``ratio`` of ``max_steps`` in [0, 1], a known ``shape``."""
+        if not 0.0 <= ratio <= 1.0:
+            raise ConfigError(f"rampup_ratio must be in [0, 1] (a fraction of max_steps), got {ratio}.")
+        if shape not in SSLModule.RAMP_SHAPES:
+            raise ConfigError(f"rampup_shape must be one of {list(SSLModule.RAMP_SHAPES)}, got {shape!r}.")
+
+    def ramp(self, ratio: float, shape: str = "linear") -> float:
+        """Ramp-up factor in [0, 1] at ``global_step`` over the first ``ratio * max_steps`` steps:
+        ``linear_rampup`` or ``sigmoid_rampup`` (exp(-5 (1 - t)^2), Laine & Aila 2017) of
+        :mod:`lightning_ssl_backdoor.losses`; 1.0 when ``ratio`` is 0."""
+        from lightning_ssl_backdoor.losses import linear_rampup, sigmoid_rampup
+
+        length = ratio * self.total_steps()
+        fn = sigmoid_rampup if shape == "sigmoid" else linear_rampup
+        return fn(self.global_step, length)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+        """Forward passes inside this block leave every BatchNorm's running mean / var / count as
+        they were (VAT's adversarial passes, label guessing in MixMatch). In train mode they still
+        normalise with batch statistics; in eval mode with the running ones. Done by switching
+        ``track_running_stats`` off for the block (nothing is written, so autograd is unaffected)."""
+        bns = [
+            m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        for m in bns:
+            m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m in bns:
+                m.track_running_stats = True
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.compute_losses(batch["labeled"], batch.get("unlabeled"))
         bs = len(batch["labeled"]["y"])
@@ -171,7 +213,9 @@ class SSLModule(pl.LightningModule):
             self.log(f"backdoor/{name}_pseudo_target", ((pseudo == self.target) & sel).sum() / n, batch_size=int(n))
             self.log(f"backdoor/{name}_mask_rate", (mask & sel).sum() / n, batch_size=int(n))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then update the EMA weights (before any checkpoint of this step is written)."""
+        super().optimizer_step(*args, **kwargs)
         self.update_ema()
 
     @torch.no_grad()
@@ -293,11 +337,14 @@ class SSLModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_rng = (checkpoint.get("rng_cpu"), checkpoint.get("rng_cuda"))
 
-    def on_train_start(self) -> None:
+    def _restore_rng_if_resumed(self) -> None:
+        """After a resume, restore the RNG state saved with the checkpoint right before the first
+        training batch is augmented, so augmentation continues exactly where the run stopped."""
         rng = getattr(self, "_restored_rng", None)
-        if rng is not None:
-            if rng[0] is not None:
-                torch.set_rng_state(rng[0].cpu() if torch.is_tensor(rng[0]) else rng[0])
-            if rng[1] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng[1])
-            self._restored_rng = None
+        if rng is None:
+            return
+        if rng[0] is not None:
+            torch.set_rng_state(rng[0].cpu())
+        if rng[1] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng[1])
+        self._restored_rng = None
