@@ -137,9 +137,12 @@ class SSLDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------- dataloaders
     def _loader(self, stream) -> DataLoader:
+        # A private generator: creating a loader iterator draws a base seed from it, never from the
+        # global RNG, so evaluation does not shift the augmentation draws of training (exact resume).
         return DataLoader(
             stream,
             batch_size=None,
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

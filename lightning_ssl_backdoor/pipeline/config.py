@@ -65,10 +65,13 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     model: dict = field(default_factory=dict)
-    algorithms: list[Spec] = field(default_factory=lambda: [Spec("fixmatch")])
-    attacks: list[Optional[Spec]] = field(default_factory=lambda: [None])
-    defenses: list[Optional[Spec]] = field(default_factory=lambda: [None])
+    # each entry: a name, or {name, init_args, label} (a Spec); attacks/defenses also null = none
+    algorithms: list[Any] = field(default_factory=lambda: ["fixmatch"])
+    attacks: list[Any] = field(default_factory=lambda: [None])
+    defenses: list[Any] = field(default_factory=lambda: [None])
     surrogate: dict = field(default_factory=dict)
+    dynamics_every: Optional[int] = None
+    threads: Optional[int] = None
     output: Optional[str] = None
 
     def validate(self) -> None:

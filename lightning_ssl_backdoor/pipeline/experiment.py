@@ -82,7 +82,13 @@ class Runner:
         split = run_attack_stage(
             self.clean_split(seed), attack, self.cfg.surrogate, seed,
             self.cache / f"attack-{key}", surrogate_dir=self.cache / f"surrogate-{config_hash(base, self.cfg.surrogate)}",
+            progress=self.progress,
         )
+        grid = self.output / f"examples_{_slug(attack.display)}.png"
+        if not grid.is_file():
+            from lightning_ssl_backdoor.report.figures import example_grid
+
+            example_grid(split, grid)
         return split, key
 
     def defended_split(self, split: SSLSplit, key: str, defense: Optional[Spec], seed: int) -> tuple[SSLSplit, str, dict]:
@@ -103,9 +109,15 @@ class Runner:
         split, akey = self.attacked_split(seed, attack)
         split, dkey, defense_info = self.defended_split(split, akey, defense, seed)
         tkey = config_hash(dkey, "train", asdict(algorithm), self.cfg.model, asdict(self.cfg.data), asdict(self.cfg.trainer), seed)
+        workdir = self.cache / f"train-{tkey}"
+        callbacks = []
+        if self.cfg.dynamics_every:
+            from lightning_ssl_backdoor.pipeline.dynamics import TrainingDynamicsRecorder
+
+            callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
         res = train_row(
             split, algorithm, self.cfg.model, self.cfg.data, self.cfg.trainer, seed,
-            self.cache / f"train-{tkey}", enable_progress_bar=self.progress,
+            workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
         )
         return self.make_row(algorithm, attack, defense, seed, split, res, defense_info, tkey)
 
@@ -175,6 +187,8 @@ def experiment_main(argv: list[str]) -> int:
     parser.add_argument("--no_progress", type=bool, default=False, help="hide progress bars")
     ns = parser.parse_args(argv)
     cfg = config_from_dict(ns.as_dict())
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     runner = Runner(cfg, output, progress=not ns.no_progress)
@@ -185,6 +199,10 @@ def experiment_main(argv: list[str]) -> int:
     print(paths["table"])
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")
     return 0
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:

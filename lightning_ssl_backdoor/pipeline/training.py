@@ -39,11 +39,15 @@ def resolve_algorithm(name: str):
 class MetricHistory(Callback):
     """Records the validation metrics (CA / ASR, raw and EMA) after every validation, per step.
 
-    Its state is saved in checkpoints, so a resumed run keeps the curve of the interrupted one.
+    The curve is written to ``path`` (atomically) after every validation, so a resumed run keeps
+    the points of the interrupted one, including those measured after its last checkpoint.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: Optional[Path] = None) -> None:
+        self.path = path
         self.history: list[dict[str, float]] = []
+        if path is not None and path.is_file():
+            self.history = json.loads(path.read_text())
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -53,12 +57,8 @@ class MetricHistory(Callback):
             if k.startswith("val/"):
                 row[k[4:]] = float(v)
         self.history = [h for h in self.history if h["step"] != row["step"]] + [row]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
+        if self.path is not None and trainer.is_global_zero:
+            atomic_write_json(self.path, self.history)
 
 
 def train_row(
@@ -90,7 +90,7 @@ def train_row(
     kwargs = {**model_args, **algorithm.init_args}
     module = cls(num_classes=dm.num_classes, in_channels=dm.in_channels, **kwargs)
     ckpt_dir = workdir / "checkpoints"
-    history = MetricHistory()
+    history = MetricHistory(workdir / "history.json")
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step{step}",

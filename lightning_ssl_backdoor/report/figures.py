@@ -1,0 +1,144 @@
+"""Report figures (matplotlib, Agg): CA/ASR bars per row, CA and ASR over training steps,
+per-target ASR, and a grid of clean vs triggered vs poisoned examples. Every file is written
+atomically (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from lightning_ssl_backdoor.report.tables import summarize  # noqa: E402
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _label(s: dict[str, Any]) -> str:
+    parts = [s["algorithm"], s["attack"] or "no attack"]
+    if s["defense"]:
+        parts.append(f"+ {s['defense']}")
+    return "\n".join(parts)
+
+
+def bars(rows: list[dict[str, Any]], path: Path) -> Path:
+    summary = summarize(rows)
+    n = len(summary)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * n + 2), 3.8))
+    xs = range(n)
+    w = 0.38
+    ca = [s["clean_accuracy"] or 0 for s in summary]
+    asr = [s["asr"] or 0 for s in summary]
+    ax.bar([x - w / 2 for x in xs], ca, w, yerr=[s["clean_accuracy_std"] or 0 for s in summary], label="clean accuracy", color="#4C72B0")
+    ax.bar([x + w / 2 for x in xs], asr, w, yerr=[s["asr_std"] or 0 for s in summary], label="attack success rate", color="#C44E52")
+    for x, a, b in zip(xs, ca, asr):
+        ax.text(x - w / 2, a + 1, f"{a:.1f}", ha="center", fontsize=8)
+        ax.text(x + w / 2, b + 1, f"{b:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(list(xs), [_label(s) for s in summary], fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("%")
+    ax.set_title("Clean accuracy and attack success rate per row (mean ± std over seeds)")
+    ax.legend(loc="upper right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def curves(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    rows = [r for r in rows if r.get("history")]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for r in rows:
+        h = r["history"]
+        suffix = "_ema" if r.get("evaluated_weights") == "ema" else ""
+        steps = [p["step"] for p in h]
+        lab = f"{r['algorithm']} / {r['attack'] or 'no attack'}{' / ' + r['defense'] if r['defense'] else ''} / s{r['seed']}"
+        axes[0].plot(steps, [100 * p.get("acc" + suffix, float("nan")) for p in h], marker=".", label=lab)
+        if any(("asr" + suffix) in p for p in h):
+            axes[1].plot(steps, [100 * p.get("asr" + suffix, float("nan")) for p in h], marker=".", label=lab)
+    axes[0].set_title("Clean accuracy over training steps")
+    axes[1].set_title("Attack success rate over training steps")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_ylabel("%")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def per_target(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    targets = {r.get("target") for r in rows if r.get("asr") is not None}
+    if len(targets) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    groups: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        if r.get("asr") is None:
+            continue
+        groups.setdefault(f"{r['algorithm']} / {r['attack']}", {}).setdefault(int(r["target"]), []).append(r["asr"])
+    for name, by_t in groups.items():
+        ts = sorted(by_t)
+        ax.plot(ts, [sum(by_t[t]) / len(by_t[t]) for t in ts], marker="o", label=name)
+    ax.set_xlabel("target class")
+    ax.set_ylabel("ASR (%)")
+    ax.set_title("Attack success rate per target class")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def example_grid(split: Any, path: Path, n: int = 8) -> Optional[Path]:
+    """Clean test images, the same images with the trigger, and poisoned unlabeled images."""
+    trigger = getattr(split, "trigger", None)
+    mask = getattr(split, "unlabeled_poison_mask", None)
+    if trigger is None and (mask is None or not mask.any()):
+        return None
+    rows = []
+    names = []
+    clean = split.test.images[:n].float() / 255
+    rows.append(clean)
+    names.append("clean test")
+    if trigger is not None:
+        with torch.no_grad():
+            rows.append(trigger(clean).clamp(0, 1))
+        names.append("triggered test")
+    if mask is not None and mask.any():
+        idx = torch.nonzero(mask).flatten()[:n]
+        rows.append(split.unlabeled.images[idx].float() / 255)
+        names.append("poisoned unlabeled")
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
+    for i, (imgs, name) in enumerate(zip(rows, names)):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(imgs):
+                im = imgs[j].permute(1, 2, 0).numpy()
+                ax.imshow(im.squeeze(-1) if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None,
+                          vmin=0, vmax=1, interpolation="nearest")
+        axes[i][0].set_title(name, fontsize=8, loc="left")
+    fig.suptitle(f"Examples: {split.attack.get('name', 'attack') if hasattr(split, 'attack') else 'attack'}, target {getattr(split, 'target', None)}", fontsize=9)
+    return save_figure(fig, path)
+
+
+def write_figures(rows: list[dict[str, Any]], output: Path) -> list[Path]:
+    out = [bars(rows, output / "ca_asr_bars.png"), curves(rows, output / "curves.png"),
+           per_target(rows, output / "asr_per_target.png")]
+    out += sorted(output.glob("examples_*.png"))
+    return [p for p in out if p is not None]

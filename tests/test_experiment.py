@@ -1,0 +1,135 @@
+"""`ssl-backdoor experiment`: rows, caching, resume, report files and the quickstart config."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+import lightning_ssl_backdoor.pipeline.training as training
+from lightning_ssl_backdoor.cli import main
+from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.pipeline.experiment import config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0],
+    "data": {"dataset": "digits", "image_size": 16, "labels_per_class": 3, "batch_size": 8, "mu": 2,
+             "eval_batch_size": 500},
+    "model": {"arch": "tiny_cnn", "weak_pad": 1, "model_kwargs": {"width": 8}, "ema_decay": 0.9},
+    "trainer": {"max_steps": 3, "val_check_interval": 3, "checkpoint_every_n_steps": 1, "accelerator": "cpu"},
+    "algorithms": ["supervised", {"name": "fixmatch", "init_args": {"threshold": 0.5}, "label": "fixmatch-t0.5"}],
+    "attacks": [None, {"name": "clean_label", "init_args": {"target": 1, "budget": 10}}],
+    "dynamics_every": 1,
+}
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_experiment_rows_report_and_cache(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(["experiment", "-c", str(_write(tmp_path, TINY)), "--output", str(out), "--no_progress", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert "| algorithm |" in printed and "results.md" in printed
+    res = json.loads((out / "results.json").read_text())
+    rows = res["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        assert {"algorithm", "attack", "defense", "seed", "clean_accuracy", "asr", "asr_conditioned"} <= set(r)
+        assert 0 <= r["clean_accuracy"] <= 100 and r["defense"] is None
+        assert len(r["data_hashes"]["test"]) == 64
+    clean = [r for r in rows if r["attack"] is None]
+    attacked = [r for r in rows if r["attack"] == "clean_label"]
+    assert all(r["asr"] is None for r in clean) and all(0 <= r["asr"] <= 100 for r in attacked)
+    assert {r["algorithm"] for r in rows} == {"supervised", "fixmatch-t0.5"}
+    assert attacked[0]["num_poisons"] == 10 and attacked[0]["target"] == 1
+    assert res["package_version"] and res["config"]["seeds"] == [0]
+    with open(out / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    md = (out / "results.md").read_text()
+    assert "ASR cond." in md and "ca_asr_bars.png" in md
+    for fig in ("ca_asr_bars.png", "curves.png", "examples_clean_label.png"):
+        assert (out / fig).stat().st_size > 1000
+    stores = list((out / "cache").glob("train-*/dynamics.npz"))
+    assert len(stores) == 4
+    from lightning_ssl_backdoor.data.artifacts import load_arrays
+
+    arrays, _ = load_arrays(stores[0])
+    hist = arrays["history"]
+    assert hist.ndim == 3 and hist.shape[0] == 3 and abs(hist[-1].sum(1) - 1).max() < 1e-3
+
+    # a second run reuses every stage: no training at all
+    def no_fit(*a, **k):
+        raise AssertionError("a cached row was trained again")
+
+    monkeypatch.setattr(training.pl.Trainer, "fit", no_fit)
+    assert main(["experiment", "-c", str(_write(tmp_path, TINY)), "--output", str(out), "--no_progress", "true"]) == 0
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["clean_accuracy"] for r in again] == [r["clean_accuracy"] for r in rows]
+
+
+class Crash(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 2:
+            raise RuntimeError("killed")
+
+
+def test_interrupted_row_resumes_to_the_same_result(tmp_path, digits_split):
+    data = DataConfig(**{**TINY["data"], "image_size": 8})
+    trainer = TrainerConfig(max_steps=4, val_check_interval=2, checkpoint_every_n_steps=1, accelerator="cpu")
+    alg = Spec("fixmatch", {"threshold": 0.5})
+    full = training.train_row(digits_split, alg, TINY["model"], data, trainer, 0, tmp_path / "a", enable_progress_bar=False)
+    with pytest.raises(RuntimeError, match="killed"):
+        training.train_row(digits_split, alg, TINY["model"], data, trainer, 0, tmp_path / "b",
+                           enable_progress_bar=False, extra_callbacks=[Crash()])
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    resumed = training.train_row(digits_split, alg, TINY["model"], data, trainer, 0, tmp_path / "b", enable_progress_bar=False)
+    assert resumed["steps"] == 4
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
+    assert [h["step"] for h in resumed["history"]] == [2, 4]
+
+
+def test_bad_experiment_config_is_one_sentence(tmp_path, capsys):
+    cfg = {**TINY, "algorithms": ["nosuchalgo"], "attacks": [None]}
+    assert main(["experiment", "-c", str(_write(tmp_path, cfg)), "--output", str(tmp_path / "o"), "--no_progress", "true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: unknown algorithm 'nosuchalgo'")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_experiment_configs_parse(path):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lightning_ssl_backdoor.pipeline.config import ExperimentConfig
+
+    parser = ArgumentParser()
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_class_arguments(ExperimentConfig, None, fail_untyped=False)
+    cfg = config_from_dict(parser.parse_args(["-c", str(path)]).as_dict())
+    cfg.validate()
+    from lightning_ssl_backdoor.pipeline.training import resolve_algorithm
+
+    for a in cfg.algorithms:
+        resolve_algorithm(a.name)
+
+
+def test_quickstart_runs_end_to_end_at_reduced_steps(tmp_path):
+    """The README's main job, with the step count cut so the suite stays fast."""
+    out = tmp_path / "qs"
+    args = ["experiment", "-c", str(ROOT / "configs/experiments/quickstart.yaml"), "--output", str(out),
+            "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.image_size", "8",
+            "--no_progress", "true", "--surrogate.steps", "5"]
+    assert main(args) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["algorithm"] for r in rows} >= {"supervised", "fixmatch"} or {r["algorithm"] for r in rows} >= {"fixmatch"}
