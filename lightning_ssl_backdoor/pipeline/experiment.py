@@ -91,15 +91,6 @@ class Runner:
             example_grid(split, grid)
         return split, key
 
-    def defended_split(self, split: SSLSplit, key: str, defense: Optional[Spec], seed: int) -> tuple[SSLSplit, str, dict]:
-        if defense is None:
-            return split, key, {}
-        from lightning_ssl_backdoor.pipeline.defense_stage import apply_data_defense
-
-        dkey = config_hash(key, "defense", asdict(defense))
-        new_split, info = apply_data_defense(split, defense, seed, self.cache / f"defense-{dkey}")
-        return new_split, dkey, info
-
     # --------------------------------------------------------------- rows
     def rows(self) -> list[tuple[Spec, Optional[Spec], Optional[Spec], int]]:
         c = self.cfg
@@ -107,8 +98,15 @@ class Runner:
 
     def run_row(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> dict[str, Any]:
         split, akey = self.attacked_split(seed, attack)
-        split, dkey, defense_info = self.defended_split(split, akey, defense, seed)
-        tkey = config_hash(dkey, "train", asdict(algorithm), self.cfg.model, asdict(self.cfg.data), asdict(self.cfg.trainer), seed)
+        tkey = config_hash(akey, "train", asdict(algorithm), self.cfg.model, asdict(self.cfg.data),
+                           asdict(self.cfg.trainer), seed, None if defense is None else asdict(defense))
+        if defense is not None:
+            from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
+
+            ctx = DefenseContext(split, seed, algorithm, self.cfg.model, self.cfg.data, self.cfg.trainer,
+                                 self.cache / f"defense-{tkey}", progress=self.progress)
+            res = build_defense(defense).run(ctx)
+            return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"
         callbacks = []
         if self.cfg.dynamics_every:
@@ -119,7 +117,7 @@ class Runner:
             split, algorithm, self.cfg.model, self.cfg.data, self.cfg.trainer, seed,
             workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
         )
-        return self.make_row(algorithm, attack, defense, seed, split, res, defense_info, tkey)
+        return self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
 
     def make_row(self, algorithm, attack, defense, seed, split, res, defense_info, tkey) -> dict[str, Any]:
         t = res["test"]
