@@ -14,7 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models gain nothing from intra-op threads and lose a lot on a busy 2-core machine.
+torch.set_num_threads(1)
 
 from lightning_ssl_backdoor.data import ImageSet, make_split  # noqa: E402
 from lightning_ssl_backdoor.utils import quiet_lightning  # noqa: E402

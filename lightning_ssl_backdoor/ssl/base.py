@@ -38,6 +38,8 @@ class SSLModule(pl.LightningModule):
         ema_decay: EMA of the weights (0.999 in FixMatch); ``None`` disables it.
         lambda_u: weight of the unlabeled loss.
         weak_pad: padding of the weak augmentation's random crop (4 on 32x32; scaled by the caller).
+        weak_flip: random horizontal flips in the weak view (FixMatch turns them off for digits/SVHN,
+            whose labels a mirror image does not keep).
         strong_n, strong_m: RandAugment ops per image and maximal magnitude.
         channels_last: run the model in channels-last memory format.
     """
@@ -62,6 +64,7 @@ class SSLModule(pl.LightningModule):
         ema_decay: Optional[float] = 0.999,
         lambda_u: float = 1.0,
         weak_pad: int = 4,
+        weak_flip: bool = True,
         strong_n: int = 2,
         strong_m: int = 10,
         channels_last: bool = False,
@@ -83,7 +86,7 @@ class SSLModule(pl.LightningModule):
             self.ema_model = copy.deepcopy(self.model)
             for p in self.ema_model.parameters():
                 p.requires_grad_(False)
-        self.weak = WeakAugment(pad=weak_pad)
+        self.weak = WeakAugment(flip=weak_flip, pad=weak_pad)
         self.strong = StrongAugment(n=strong_n, m=strong_m)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
