@@ -138,8 +138,19 @@ def test_backdoor_stats_logged(tmp_path, digits_split, add_square):
     split = PoisonedSplit(**vars(digits_split), trigger=add_square, target=0, unlabeled_poison_mask=mask)
     dm = SSLDataModule(split=split, batch_size=8, mu=4, eval_batch_size=500)
     m = _module(threshold=0.0)
-    trainer = _trainer(tmp_path, steps=2)
+    seen = []
+    original = m._log_backdoor_stats
+
+    def spy(out, unlabeled):
+        poisoned = split.unlabeled_poison_mask[unlabeled["idx"].cpu()]
+        seen.append((int(poisoned.sum()), int(((out["u_pseudo"].cpu() == 0) & poisoned).sum())))
+        original(out, unlabeled)
+
+    m._log_backdoor_stats = spy
+    trainer = _trainer(tmp_path, steps=3)
     trainer.fit(m, datamodule=dm)
     for k in ("backdoor/poisoned_pseudo_target", "backdoor/clean_pseudo_target", "backdoor/poisoned_mask_rate"):
         assert k in trainer.callback_metrics
-    assert float(trainer.callback_metrics["backdoor/poisoned_mask_rate"]) == 1.0
+    assert float(trainer.callback_metrics["backdoor/poisoned_mask_rate"]) == 1.0  # threshold 0: all pass
+    n, hits = map(sum, zip(*seen))
+    assert float(trainer.callback_metrics["backdoor/poisoned_pseudo_target"]) == pytest.approx(hits / n)

@@ -146,6 +146,10 @@ class Runner:
             "steps": res["steps"],
             "fit_seconds": round(res["fit_seconds"], 1),
             "history": res["history"],
+            # shares of poisoned / clean unlabeled samples pseudo-labelled as the target and passing
+            # the confidence mask, over the last validation interval
+            "backdoor_stats": {k.split("/", 1)[1]: round(100 * v, 2) for k, v in (res["history"][-1] if res["history"] else {}).items()
+                               if k.startswith("backdoor/")},
             "defense_info": defense_info,
             "data_hashes": data_hashes(split),
             "cache_key": tkey,

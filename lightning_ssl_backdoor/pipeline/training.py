@@ -56,6 +56,8 @@ class MetricHistory(Callback):
         for k, v in trainer.callback_metrics.items():
             if k.startswith("val/"):
                 row[k[4:]] = float(v)
+            elif k.startswith("backdoor/"):
+                row[k] = float(v)
         self.history = [h for h in self.history if h["step"] != row["step"]] + [row]
         if self.path is not None and trainer.is_global_zero:
             atomic_write_json(self.path, self.history)

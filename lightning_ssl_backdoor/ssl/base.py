@@ -95,6 +95,8 @@ class SSLModule(pl.LightningModule):
         self.target: Optional[int] = None
         self._eval_metrics: Optional[nn.ModuleDict] = None
         self.register_buffer("_poison_mask", torch.zeros(0, dtype=torch.bool), persistent=False)
+        # [poisoned seen, poisoned -> target, poisoned masked in, clean seen, clean -> target, clean masked in]
+        self.register_buffer("_bd_counts", torch.zeros(6, dtype=torch.float64), persistent=False)
 
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,18 +205,31 @@ class SSLModule(pl.LightningModule):
         return out["loss"]
 
     def _log_backdoor_stats(self, out: dict, unlabeled: Optional[dict]) -> None:
-        """Share of poisoned / clean unlabeled samples pseudo-labelled as the target and masked in."""
+        """Accumulate, for poisoned and clean unlabeled samples, how many were seen, pseudo-labelled
+        as the target, and passed the confidence mask; logged as shares at each validation."""
         if unlabeled is None or "u_pseudo" not in out or self.target is None or self._poison_mask.numel() == 0:
             return
         poisoned = self._poison_mask[unlabeled["idx"]]
         pseudo = out["u_pseudo"]
         mask = out.get("u_mask", torch.ones_like(pseudo, dtype=torch.bool))
-        for name, sel in (("poisoned", poisoned), ("clean", ~poisoned)):
-            n = sel.sum()
-            if n == 0:
-                continue
-            self.log(f"backdoor/{name}_pseudo_target", ((pseudo == self.target) & sel).sum() / n, batch_size=int(n))
-            self.log(f"backdoor/{name}_mask_rate", (mask & sel).sum() / n, batch_size=int(n))
+        is_target = pseudo == self.target
+        counts = torch.stack([
+            poisoned.sum(), (is_target & poisoned).sum(), (mask & poisoned).sum(),
+            (~poisoned).sum(), (is_target & ~poisoned).sum(), (mask & ~poisoned).sum(),
+        ]).to(self._bd_counts)
+        self._bd_counts += counts
+
+    def _flush_backdoor_stats(self) -> None:
+        counts = self._bd_counts
+        if self.trainer is not None and self.trainer.world_size > 1:
+            counts = self.all_gather(counts).reshape(-1, 6).sum(0)
+        if counts.sum() == 0:
+            return
+        for name, (n, tgt, msk) in (("poisoned", counts[:3]), ("clean", counts[3:])):
+            if n > 0:
+                self.log(f"backdoor/{name}_pseudo_target", tgt / n, sync_dist=False, rank_zero_only=False)
+                self.log(f"backdoor/{name}_mask_rate", msk / n, sync_dist=False, rank_zero_only=False)
+        self._bd_counts.zero_()
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then update the EMA weights (before any checkpoint of this step is written)."""
@@ -226,11 +241,16 @@ class SSLModule(pl.LightningModule):
         """theta_ema <- d * theta_ema + (1 - d) * theta; buffers (BN statistics) copied."""
         if self.ema_model is None:
             return
-        d = float(self.hparams.ema_decay)
+        d = self.ema_decay_now()
         for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
             pe.mul_(d).add_(p.detach(), alpha=1.0 - d)
         for be, b in zip(self.ema_model.buffers(), self.model.buffers()):
             be.copy_(b)
+
+    def ema_decay_now(self) -> float:
+        """The EMA decay used by :meth:`update_ema` at this step (``ema_decay``; a hook for
+        algorithms with a schedule, such as Mean Teacher's warm-up)."""
+        return float(self.hparams.ema_decay)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -324,6 +344,8 @@ class SSLModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
+        if self.trainer is not None and not self.trainer.sanity_checking:
+            self._flush_backdoor_stats()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
