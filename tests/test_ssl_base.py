@@ -154,3 +154,17 @@ def test_backdoor_stats_logged(tmp_path, digits_split, add_square):
     assert float(trainer.callback_metrics["backdoor/poisoned_mask_rate"]) == 1.0  # threshold 0: all pass
     n, hits = map(sum, zip(*seen))
     assert float(trainer.callback_metrics["backdoor/poisoned_pseudo_target"]) == pytest.approx(hits / n)
+
+
+def test_targeted_success_metric(tmp_path, digits_split):
+    pl.seed_everything(2)
+    split = PoisonedSplit(**vars(digits_split), target=3, attack={"info": {"target_image": 7}})
+    dm = SSLDataModule(split=split, batch_size=8, mu=1, eval_batch_size=64)
+    m = _module(Supervised, ema_decay=None)
+    trainer = _trainer(tmp_path, steps=2)
+    trainer.fit(m, datamodule=dm)
+    res = trainer.test(m, datamodule=dm, verbose=False)[0]
+    with torch.no_grad():
+        pred = m.model(split.test.float()[7:8]).argmax(1).item()
+    assert res["test/targeted"] == float(pred == 3)
+    assert "test/asr" not in res  # no trigger: no ASR

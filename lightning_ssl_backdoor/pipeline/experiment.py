@@ -139,6 +139,8 @@ class Runner:
             "clean_accuracy_raw": pct("acc"),
             "asr_raw": pct("asr"),
             "asr_conditioned_raw": pct("asr_cond"),
+            # targeted attacks (Carlini): 100 when the chosen test image x* is predicted as the target
+            "targeted_success": pct("targeted" + best),
             "target": getattr(split, "target", None),
             "num_labeled": len(split.labeled),
             "num_unlabeled": len(split.unlabeled),

@@ -93,6 +93,9 @@ class SSLModule(pl.LightningModule):
             if self.ema_model is not None:
                 self.ema_model = self.ema_model.to(memory_format=torch.channels_last)
         self.target: Optional[int] = None
+        #: test index of a targeted attack's image x* (Carlini 2021): success = x* predicted as target
+        self.target_image: Optional[int] = None
+        self.has_trigger = False
         self._eval_metrics: Optional[nn.ModuleDict] = None
         self.register_buffer("_poison_mask", torch.zeros(0, dtype=torch.bool), persistent=False)
         # [poisoned seen, poisoned -> target, poisoned masked in, clean seen, clean -> target, clean masked in]
@@ -293,9 +296,13 @@ class SSLModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "target", None) is not None:
             self.target = int(dm.target)
+            self.has_trigger = getattr(dm, "trigger", None) is not None
             mask = getattr(dm, "unlabeled_poison_mask", None)
             if mask is not None:
                 self._poison_mask = mask.clone()
+            info = (getattr(dm.split, "attack", None) or {}).get("info") or {}
+            if info.get("target_image") is not None:
+                self.target_image = int(info["target_image"])
         self._build_eval_metrics()
 
     def _build_eval_metrics(self) -> None:
@@ -306,9 +313,11 @@ class SSLModule(pl.LightningModule):
             for stage in ("val", "test"):
                 p = f"{stage}_{model_name}"
                 metrics[f"{p}_acc"] = CleanAccuracy()
-                if self.target is not None:
+                if self.target is not None and self.has_trigger:
                     metrics[f"{p}_asr"] = AttackSuccessRate(self.target, conditioned=False)
                     metrics[f"{p}_asr_cond"] = AttackSuccessRate(self.target, conditioned=True)
+                if self.target is not None and self.target_image is not None:
+                    metrics[f"{p}_targeted"] = CleanAccuracy()  # 1 when x* is predicted as the target
         self._eval_metrics = nn.ModuleDict(metrics)
 
     def eval_models(self) -> list[str]:
@@ -325,6 +334,10 @@ class SSLModule(pl.LightningModule):
             p = f"{stage}_{name}"
             clean = model(self._fmt(batch["x"])).argmax(1)
             self._eval_metrics[f"{p}_acc"].update(clean, y)
+            if f"{p}_targeted" in self._eval_metrics:
+                hit = batch["idx"] == self.target_image
+                if hit.any():
+                    self._eval_metrics[f"{p}_targeted"].update(clean[hit], torch.full_like(clean[hit], self.target))
             if self.target is not None and "x_trig" in batch:
                 trig = model(self._fmt(batch["x_trig"])).argmax(1)
                 self._eval_metrics[f"{p}_asr"].update(trig, y)
