@@ -1,9 +1,43 @@
-"""SSL algorithms: one small file each on the shared :class:`SSLModule` base."""
+"""SSL algorithms: one small file each on the shared :class:`SSLModule` base.
+
+``ALGORITHMS`` maps the names used by configs and the experiment runner to the classes. The
+iterative self-training defense of Pal et al. is a driver over several Trainers, not a
+LightningModule: see :mod:`lightning_ssl_backdoor.ssl.self_training`.
+"""
 
 from lightning_ssl_backdoor.ssl.base import SSLModule
 from lightning_ssl_backdoor.ssl.fixmatch import FixMatch
+from lightning_ssl_backdoor.ssl.flexmatch import FlexMatch
+from lightning_ssl_backdoor.ssl.mean_teacher import MeanTeacher
+from lightning_ssl_backdoor.ssl.mixmatch import MixMatch
+from lightning_ssl_backdoor.ssl.pi_model import PiModel
+from lightning_ssl_backdoor.ssl.pseudo_label import PseudoLabel
 from lightning_ssl_backdoor.ssl.supervised import Supervised
+from lightning_ssl_backdoor.ssl.uda import UDA
+from lightning_ssl_backdoor.ssl.vat import VAT
 
-ALGORITHMS = {"supervised": Supervised, "fixmatch": FixMatch}
+ALGORITHMS = {
+    "supervised": Supervised,
+    "fixmatch": FixMatch,
+    "pseudo_label": PseudoLabel,
+    "pi_model": PiModel,
+    "mean_teacher": MeanTeacher,
+    "vat": VAT,
+    "mixmatch": MixMatch,
+    "uda": UDA,
+    "flexmatch": FlexMatch,
+}
 
-__all__ = ["ALGORITHMS", "FixMatch", "SSLModule", "Supervised"]
+__all__ = [
+    "ALGORITHMS",
+    "FixMatch",
+    "FlexMatch",
+    "MeanTeacher",
+    "MixMatch",
+    "PiModel",
+    "PseudoLabel",
+    "SSLModule",
+    "Supervised",
+    "UDA",
+    "VAT",
+]
