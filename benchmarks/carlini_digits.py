@@ -1,0 +1,172 @@
+"""Reduced-scale reproduction of Carlini 2021, Table 1 / Sec. 5.2-5.3, on the quickstart digits setting.
+
+Summarises the rows of ``configs/experiments/carlini_digits.yaml`` (optionally running it first) into
+``benchmarks/results/carlini_digits.{json,md}``: targeted-attack success counts per defense (x/N
+seeded trials, as Table 1), clean accuracy, and the detectors' figures (influence: recall and FPR at
+the cut, AUROC, whether every poison ranks below the 5th percentile of clean influence; clustering:
+recall and FPR of the removed cluster).
+
+    python benchmarks/carlini_digits.py --run /tmp/carlini_run                # summarise a finished run
+    python benchmarks/carlini_digits.py --run /tmp/carlini_run --execute \\
+        --trainer.max_steps 300 --rows '[0,1,2,5,6,7,10,11,12]'               # run (resumes), then summarise
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs/experiments/carlini_digits.yaml"
+
+
+def _mean(xs: list[float]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return round(statistics.fmean(xs), 4) if xs else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["defense"] or "none", []).append(r)
+    out: dict[str, Any] = {}
+    for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        succ = [r["targeted_success"] == 100.0 for r in rs]
+        entry: dict[str, Any] = {
+            "seeds": [r["seed"] for r in rs],
+            "successes": int(sum(succ)),
+            "trials": len(rs),
+            "per_seed_success": succ,
+            "clean_accuracy_mean": _mean([r["clean_accuracy"] for r in rs]),
+            "clean_accuracy": [r["clean_accuracy"] for r in rs],
+            "num_poisons": [r["num_poisons"] for r in rs],
+            "steps": [r["steps"] for r in rs],
+        }
+        infos = [r.get("defense_info") or {} for r in rs]
+        if name != "none":
+            keys = ("auroc", "recall", "fpr", "precision", "num_removed", "poisons_kept")
+            entry["detection"] = [{k: info.get(k) for k in keys} for info in infos]
+            entry["recall_mean"] = _mean([i.get("recall") for i in infos])
+            entry["fpr_mean"] = _mean([i.get("fpr") for i in infos])
+            entry["auroc_mean"] = _mean([i.get("auroc") for i in infos])
+        if name == "influence":
+            entry["all_poisons_below_p5"] = [i.get("all_poisons_below_percentile") for i in infos]
+            entry["poisons_below_p5"] = [i.get("poisons_below_percentile") for i in infos]
+            entry["worst_poison_rank"] = [i.get("worst_poison_rank") for i in infos]
+            entry["clean_influence_median"] = [i.get("clean_influence_median") for i in infos]
+            entry["poison_influence_median"] = [i.get("poison_influence_median") for i in infos]
+            # the recording run is the undefended training (same data, seed and length) plus a recorder
+            entry["recording_run_targeted"] = [
+                (i.get("record") or {}).get("test", {}).get("targeted_ema") for i in infos]
+            entry["histograms"] = [i.get("histogram") for i in infos]
+        if name == "clustering":
+            entry["flagged_cluster_sizes"] = [i.get("flagged_cluster_sizes") for i in infos]
+        out[name] = entry
+    return out
+
+
+def clustering_detection_only(run: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """Pixel-space clustering needs no training: its detection figures on the attacked split of each
+    seed (the config's attack and clustering options), without the retraining row."""
+    import yaml
+
+    from lightning_ssl_backdoor.defenses.clustering_defense import ClusteringDefense
+    from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext
+    from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict
+
+    cfg = config_from_dict(yaml.safe_load(CONFIG.read_text()))
+    runner = Runner(cfg, Path(run), progress=False)
+    spec = next(d for d in cfg.defenses if d is not None and d.name == "clustering")
+    out = []
+    for seed in seeds:
+        split, _ = runner.attacked_split(seed, cfg.attacks[0])
+        ctx = DefenseContext(split, seed, cfg.algorithms[0], cfg.model, cfg.data, cfg.trainer,
+                             Path(run) / "cache" / f"clustering-detect-{seed}", progress=False)
+        _, info = ClusteringDefense(**spec.init_args).filter(split, ctx)
+        keys = ("auroc", "recall", "fpr", "num_removed", "num_poison", "flagged_cluster_sizes")
+        out.append({"seed": seed, **{k: info.get(k) for k in keys}})
+    return out
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Carlini 2021 on digits: interpolation poisoning vs influence filtering and clustering",
+        "",
+        f"Config: `configs/experiments/carlini_digits.yaml`; run settings: {meta.get('note', '')}",
+        "",
+        "| defense | attack success (x/N) | clean acc. (mean %) | recall of poisons | FPR | AUROC |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("none", "influence", "clustering"):
+        if name not in summary:
+            continue
+        e = summary[name]
+        lines.append(
+            f"| {name} | {e['successes']}/{e['trials']} | {e['clean_accuracy_mean']:.2f} | "
+            f"{_pct(e.get('recall_mean'))} | {_pct(e.get('fpr_mean'))} | "
+            f"{'-' if e.get('auroc_mean') is None else round(e['auroc_mean'], 3)} |"
+        )
+    inf = summary.get("influence")
+    if inf:
+        lines += [
+            "",
+            "Influence (Sec. 5.3), per seed: every poison below the 5th percentile of clean influence = "
+            f"{inf['all_poisons_below_p5']}; share of poisons below it = {inf['poisons_below_p5']}; "
+            f"rank of the most benign-looking poison (1 = lowest influence) = {inf['worst_poison_rank']}.",
+        ]
+    clu = summary.get("clustering")
+    if clu:
+        lines += ["", f"Clustering (Sec. 5.2), removed cluster sizes per seed: {clu['flagged_cluster_sizes']}."]
+    if meta.get("clustering_detection_only"):
+        lines += ["", "Clustering detection only (no training), per seed:", "",
+                  "| seed | recall | FPR | AUROC | removed | poisons |", "| --- | --- | --- | --- | --- | --- |"]
+        for d in meta["clustering_detection_only"]:
+            lines.append(f"| {d['seed']} | {_pct(d['recall'])} | {_pct(d['fpr'])} | {d['auroc']} | "
+                         f"{d['num_removed']} | {d['num_poison']} |")
+    if meta.get("findings"):
+        lines += ["", "## Findings", "", meta["findings"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="the experiment's output folder (holds results.json)")
+    p.add_argument("--execute", action="store_true", help="run (or resume) the experiment first")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="where carlini_digits.{json,md} go")
+    p.add_argument("--note", default="", help="free text about the run settings (steps, seeds)")
+    p.add_argument("--detect_seeds", default="", help="comma-separated seeds for clustering detection only")
+    p.add_argument("--findings", default="", help="free text appended to the markdown")
+    args, extra = p.parse_known_args(argv)
+    if args.execute:
+        from lightning_ssl_backdoor.cli import main as cli
+
+        code = cli(["experiment", "-c", str(CONFIG), "--output", args.run, "--threads", "1",
+                    "--no_progress", "true", *extra])
+        if code:
+            return code
+    res = json.loads((Path(args.run) / "results.json").read_text())
+    summary = summarise(res["rows"])
+    meta = {"note": args.note, "findings": args.findings, "config": res.get("config"),
+            "package_version": res.get("package_version")}
+    if args.detect_seeds:
+        meta["clustering_detection_only"] = clustering_detection_only(
+            args.run, [int(x) for x in args.detect_seeds.split(",")])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "carlini_digits.json").write_text(json.dumps({"summary": summary, **meta}, indent=2) + "\n")
+    (out / "carlini_digits.md").write_text(markdown(summary, meta))
+    print((out / "carlini_digits.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
