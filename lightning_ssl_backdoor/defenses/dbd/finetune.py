@@ -1,0 +1,224 @@
+"""DBD stage 3: MixMatch fine-tuning of the whole model, re-filtering every "epoch".
+
+:class:`DBDFineTune` starts from the stage-2 model (backbone + linear head). Its data module supplies
+the ranked pool (``split.labeled``: images with their given, possibly poisoned, labels) and the
+extra unlabeled images (``split.unlabeled``); the data module's own batches only tick the clock.
+At step 0 and then every ``rerank_every`` steps, ALL pool samples are scored by the per-sample SCE
+loss (:func:`~.linear_head.rank_by_loss`, unaugmented, eval mode) and the ``filter_rate`` (50%)
+lowest become the labeled, high-credible set; the rest lose their labels and join the unlabeled
+images. Each step then draws ``B`` high-credible samples and ``unlabeled_ratio * B`` unlabeled ones (DBD: 64 + 64)
+from seeded per-epoch permutations, so a resumed run sees the very same batches, and runs MixMatch
+on them (K = 2, T = 0.5, mix-up alpha 0.75, lambda_u = 15 ramped linearly, Adam lr 0.002, DBD
+App. B.3). The step-0 ranking is the stage-2 filtering, because the weights are still the stage-2
+ones. With ``rank=False`` the whole pool is trusted (the poisoned-unlabeled threat model).
+
+Every ranking is recorded in ``filter_history`` (saved in checkpoints): how many of the
+high-credible samples are poisons (DBD Table 23), scored against the split's poison mask, which the
+learner never reads otherwise. The evaluated model is the LAST one (no test-set selection).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from lightning_ssl_backdoor.data.split import PoisonedSplit
+from lightning_ssl_backdoor.data.streams import EpochPermutationIndex
+from lightning_ssl_backdoor.defenses.dbd.linear_head import ROBUST_LOSSES, loss_kwargs_of, rank_by_loss
+from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.ssl.mixmatch import MixMatch
+
+
+class DBDFineTune(MixMatch):
+    """MixMatch over a high-credible / low-credible partition of the pool that is re-ranked.
+
+    Args (besides :class:`MixMatch`'s):
+        init_checkpoint: the stage-2 model (a :class:`Classifier` state dict or Lightning checkpoint).
+        filter_rate: fraction alpha of the pool kept labeled (0.5).
+        rank: rank the pool (True) or trust all of it (False).
+        rerank_every: steps between rankings (an "epoch"); ``None``: one pass over the high-credible
+            set, ``ceil(alpha N / B)``; 0: rank only once, at step 0.
+        unlabeled_ratio: unlabeled images per labeled one in a step (1, as DBD's 64 + 64; named
+            apart from the data module's ``mu``, which only drives the clock here and is 0).
+        rank_loss: ``sce`` (``sce_alpha`` 0.1, ``sce_beta`` 1), ``gce``, ``apl`` or ``ce``.
+        per_class: keep the ``filter_rate`` lowest within each given label instead of globally.
+        lr, adam_weight_decay: Adam (0.002, 0). ``temperature`` 0.5, ``lambda_u`` 15, ``ema_decay`` None.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        init_checkpoint: Optional[str] = None,
+        filter_rate: float = 0.5,
+        rank: bool = True,
+        rerank_every: Optional[int] = None,
+        unlabeled_ratio: int = 1,
+        rank_loss: str = "sce",
+        sce_alpha: float = 0.1,
+        sce_beta: float = 1.0,
+        gce_q: float = 0.7,
+        apl_alpha: float = 1.0,
+        apl_beta: float = 1.0,
+        rank_batch_size: int = 512,
+        per_class: bool = False,
+        temperature: float = 0.5,
+        lambda_u: float = 15.0,
+        lr: float = 0.002,
+        adam_weight_decay: float = 0.0,
+        ema_decay: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
+        if not 0.0 < float(filter_rate) <= 1.0:
+            raise ConfigError(f"filter_rate must be in (0, 1], got {filter_rate}.")
+        if rerank_every is not None and int(rerank_every) < 0:
+            raise ConfigError(f"rerank_every must be >= 0 steps or null, got {rerank_every}.")
+        if int(unlabeled_ratio) < 1:
+            raise ConfigError(f"unlabeled_ratio must be >= 1 (unlabeled per labeled image), got {unlabeled_ratio}.")
+        if rank_loss not in ROBUST_LOSSES:
+            raise ConfigError(f"rank_loss must be one of {list(ROBUST_LOSSES)}, got {rank_loss!r}.")
+        if adam_weight_decay < 0 or rank_batch_size < 1:
+            raise ConfigError("adam_weight_decay must be >= 0 and rank_batch_size >= 1.")
+        super().__init__(*args, temperature=temperature, lambda_u=lambda_u, lr=lr, ema_decay=ema_decay, **kwargs)
+        self.save_hyperparameters()
+        if init_checkpoint:
+            from lightning_ssl_backdoor.defenses.dbd.simclr import load_classifier_state, load_into
+
+            load_into(self.model, load_classifier_state(init_checkpoint), "stage-2 model", init_checkpoint)
+            if self.ema_model is not None:
+                self.ema_model.load_state_dict(self.model.state_dict())
+        self._loss_kwargs = loss_kwargs_of(rank_loss, sce_alpha, sce_beta, gce_q, apl_alpha, apl_beta)
+        self._pool = None
+        self._extra = None
+        self._all_images: Optional[torch.Tensor] = None
+        self._pool_labels: Optional[torch.Tensor] = None
+        self._pool_poison = torch.zeros(0, dtype=torch.bool)
+        self._sample_seed = 0
+        self._high: Optional[torch.Tensor] = None
+        self._ranked_at: Optional[int] = None
+        self._orders: Optional[tuple] = None
+        self._pending_log: Optional[dict] = None
+        self.filter_history: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- data
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "split"):
+            raise ConfigError("DBD fine-tuning needs an SSLDataModule: it reads the split's labeled / unlabeled sets.")
+        split = dm.split
+        self._pool, self._extra = split.labeled, split.unlabeled
+        self._sample_seed = int(getattr(dm, "seed", 0))
+        pool_mask = torch.zeros(len(self._pool), dtype=torch.bool)
+        extra_mask = torch.zeros(len(self._extra), dtype=torch.bool)
+        if isinstance(split, PoisonedSplit):
+            pool_mask, extra_mask = split.labeled_poison_mask.clone(), split.unlabeled_poison_mask.clone()
+        self._pool_poison = pool_mask
+        # unlabeled indices live in one space: pool rows 0..N-1, then the extra unlabeled images
+        self._poison_mask = torch.cat([pool_mask, extra_mask]).to(self.device)
+        if self._high is not None and len(self._high) != len(self._pool):
+            raise ConfigError("the checkpoint's high-credible mask does not match this pool; use a fresh stage folder.")
+
+    def _epoch_steps(self, batch_size: int) -> int:
+        every = self.hparams.rerank_every
+        if every is not None:
+            return int(every)
+        n_high = max(1, int(round(float(self.hparams.filter_rate) * len(self._pool))))
+        return max(1, math.ceil(n_high / batch_size))
+
+    def rerank(self, step: int) -> dict[str, Any]:
+        """Rank the whole pool with the current model; record the filtering report entry."""
+        assert self._pool is not None
+        n = len(self._pool)
+        if self.hparams.rank:
+            losses, high = rank_by_loss(
+                self.model, self._pool.images, self._pool.labels, float(self.hparams.filter_rate),
+                self.hparams.rank_loss, self._loss_kwargs, int(self.hparams.rank_batch_size),
+                per_class=bool(self.hparams.per_class),
+            )
+            mean_loss: Optional[float] = float(losses.mean()) if n else None
+        else:
+            high, mean_loss = torch.ones(n, dtype=torch.bool), None
+        self._high, self._ranked_at, self._orders = high, int(step), None
+        entry = {
+            "step": int(step),
+            "num_ranked": n,
+            "num_high": int(high.sum()),
+            "num_poisons": int(self._pool_poison.sum()),
+            "poisons_in_high": int((high & self._pool_poison).sum()),
+            "mean_loss": mean_loss,
+        }
+        self.filter_history = [h for h in self.filter_history if h["step"] != step] + [entry]
+        self._pending_log = entry
+        return entry
+
+    def _index_orders(self) -> tuple:
+        """Seeded endless permutations of the current high-credible and unlabeled index sets."""
+        if self._orders is None:
+            assert self._high is not None and self._extra is not None
+            n_pool = len(self._high)
+            hi = torch.nonzero(self._high).flatten()
+            lo = torch.nonzero(~self._high).flatten()
+            u_space = torch.cat([lo, n_pool + torch.arange(len(self._extra))])
+            if len(hi) == 0:
+                raise ConfigError("the high-credible set is empty: raise filter_rate or add labeled data.")
+            if len(u_space) == 0:
+                raise ConfigError("DBD fine-tuning has no unlabeled images: lower filter_rate or add unlabeled data.")
+            seed = (self._sample_seed * 1_000_003 + int(self._ranked_at or 0)) * 16 + int(self.global_rank)
+            self._orders = (hi, EpochPermutationIndex(len(hi), 2 * seed),
+                            u_space, EpochPermutationIndex(len(u_space), 2 * seed + 1))
+        return self._orders
+
+    def draw_batch(self, batch_size: int, device: torch.device) -> dict:
+        """The uint8 training batch of the current step (re-ranking first when an epoch starts)."""
+        step = int(self.global_step)
+        epoch = self._epoch_steps(batch_size)
+        due = epoch > 0 and step % epoch == 0 and self._ranked_at != step
+        if self._high is None or (self.hparams.rank and due):
+            self.rerank(step)
+        if self._all_images is None or self._all_images.device != device:
+            self._all_images = torch.cat([self._pool.images, self._extra.images]).to(device)
+            self._pool_labels = self._pool.labels.to(device)
+        hi, lab_order, u_space, u_order = self._index_orders()
+        k = step - int(self._ranked_at or 0)
+        bu = int(self.hparams.unlabeled_ratio) * batch_size
+        li = hi[lab_order.take(k * batch_size, batch_size)].to(device)
+        ui = u_space[u_order.take(k * bu, bu)].to(device)
+        return {
+            "labeled": {"x": self._all_images[li], "y": self._pool_labels[li], "idx": li},
+            "unlabeled": {"x": self._all_images[ui], "idx": ui},
+        }
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if "labeled" in batch:
+            batch = self.draw_batch(len(batch["labeled"]["y"]), batch["labeled"]["x"].device)
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self._pending_log is not None:
+            e = self._pending_log
+            self.log("dbd/poisons_in_high", float(e["poisons_in_high"]), batch_size=1)
+            self.log("dbd/num_high", float(e["num_high"]), batch_size=1)
+            self._pending_log = None
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.adam_weight_decay)
+
+    # ------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["dbd_high"] = None if self._high is None else self._high.clone()
+        checkpoint["dbd_ranked_at"] = self._ranked_at
+        checkpoint["dbd_filter_history"] = list(self.filter_history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        high = checkpoint.get("dbd_high")
+        self._high = None if high is None else high.to(torch.bool).cpu()
+        self._ranked_at = checkpoint.get("dbd_ranked_at")
+        self.filter_history = list(checkpoint.get("dbd_filter_history", []))
+        self._orders = None
