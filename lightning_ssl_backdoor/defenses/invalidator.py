@@ -411,7 +411,7 @@ class Invalidator(Defense):
         info = dict(res.get("defense_info", {}))
         info["options"] = check_options(**self.options)
         last = Path(ctx.stage_dir) / "train" / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        if info["options"]["use_complementary"] and last.is_file():
             state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
             if "bi_transition" in state:
                 info["transition_matrix"] = [[round(v, 4) for v in r] for r in state["bi_transition"].tolist()]
