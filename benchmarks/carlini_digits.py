@@ -8,7 +8,7 @@ recall and FPR of the removed cluster).
 
     python benchmarks/carlini_digits.py --run /tmp/carlini_run                # summarise a finished run
     python benchmarks/carlini_digits.py --run /tmp/carlini_run --execute \\
-        --trainer.max_steps 300 --rows '[0,1,2,5,6,7,10,11,12]'               # run (resumes), then summarise
+        --trainer.max_steps 300 --only '[0,1,2,5,6,7,10,11,12]'               # run (resumes), then summarise
 """
 
 from __future__ import annotations

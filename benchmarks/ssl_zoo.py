@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         qs["trainer"]["max_steps"] = args.steps
     qs["trainer"]["accelerator"] = "cpu"
     specs = algorithm_specs(args.algorithms, qs["model"])
+    # the quickstart's data, model and trainer settings only: clean rows from a random initialisation
+    for key in ("attacks", "defenses", "rows", "warm_start", "surrogate", "jobs", "output"):
+        qs.pop(key, None)
     qs.update(seeds=args.seeds, algorithms=specs, name="ssl_zoo")
     cfg = config_from_dict(qs)
     rows = Runner(cfg, args.workdir, progress=False).run()

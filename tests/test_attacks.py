@@ -93,6 +93,37 @@ def test_deneb_batched_equals_one_image_at_a_time(split, theta0):
     assert torch.allclose(b32, s32, atol=1e-3) and torch.allclose(b32, batched, atol=1e-3)
 
 
+def test_deneb_eot_poisons_survive_the_weak_crop(split, theta0):
+    """``eot``: Alg. 1 averaged over random weak crops gives strong poisons that theta_0 still
+    labels as the target after a random crop (what FixMatch pseudo-labels), more often than the
+    plain Alg. 1; chunking does not change the result."""
+    from lightning_ssl_backdoor.augment.weak import WeakAugment
+
+    crop = WeakAugment(flip=False, pad=2)
+    rates = {}
+    for eot in (0, 4):
+        atk = build_attack("deneb", target=TARGET, budget=12, steps=80, seed=2, eot=eot, progress=False)
+        ps = atk.poison(split, theta0)
+        pos = ps.attack["arrays"]["position"][ps.attack["arrays"]["kind"] == 1]
+        x = ps.unlabeled.images[pos].float() / 255
+        g = torch.Generator().manual_seed(0)
+        rates[eot] = float(torch.stack([(predict(theta0, crop(x, generator=g)) == TARGET).float().mean()
+                                        for _ in range(5)]).mean())
+    assert rates[4] >= 0.5 and rates[4] > rates[0] + 0.3, rates  # 80 iterations only
+    assert ps.attack["info"]["theta0_strong_target_rate_weak_view"] >= 0.5
+    g = torch.Generator().manual_seed(0)
+    x = split.unlabeled.float()[:3]
+    anchors = split.labeled.float()[split.labeled.labels == TARGET]
+    bidx = torch.stack([torch.randperm(len(anchors), generator=g)[:8] for _ in range(3)])
+    offsets = torch.randint(0, 5, (3, 20, 2, 2), generator=g, dtype=torch.uint8)
+    kw = dict(target=TARGET, steps=20, progress=False, precision="float64", eot_offsets=offsets, eot_pad=2)
+    together = deneb_perturbation(theta0, x, anchors, bidx, chunk_size=3, **kw)
+    apart = deneb_perturbation(theta0, x, anchors, bidx, chunk_size=1, **kw)
+    assert torch.allclose(together, apart, atol=1e-6)
+    with pytest.raises(ConfigError, match="eot_offsets"):
+        deneb_perturbation(theta0, x, anchors, bidx, **{**kw, "eot_pad": 1})
+
+
 def test_deneb_learning_rate_decay_fires():
     # Linear model, lambda = 0, sign updates: every step moves each pixel by exactly eta_n.
     torch.manual_seed(0)

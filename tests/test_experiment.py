@@ -133,3 +133,51 @@ def test_quickstart_runs_end_to_end_at_reduced_steps(tmp_path):
     assert main(args) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["algorithm"] for r in rows} >= {"supervised", "fixmatch"} or {r["algorithm"] for r in rows} >= {"fixmatch"}
+
+
+def test_explicit_rows_select_from_the_lists_and_run_in_parallel_jobs(tmp_path):
+    """``rows:`` picks entries of the lists by label or name; ``jobs: 2`` trains rows in two worker
+    processes and gives the same numbers as one process."""
+    cfg = {**TINY, "dynamics_every": None,
+           "rows": [{"algorithm": "supervised"}, {"algorithm": "fixmatch-t0.5", "attack": "clean_label"}]}
+    serial = tmp_path / "serial"
+    assert main(["experiment", "-c", str(_write(tmp_path, cfg)), "--output", str(serial), "--no_progress", "true"]) == 0
+    rows = json.loads((serial / "results.json").read_text())["rows"]
+    assert [(r["algorithm"], r["attack"]) for r in rows] == [("supervised", None), ("fixmatch-t0.5", "clean_label")]
+    par = tmp_path / "par"
+    assert main(["experiment", "-c", str(_write(tmp_path, {**cfg, "jobs": 2})), "--output", str(par),
+                 "--no_progress", "true"]) == 0
+    again = json.loads((par / "results.json").read_text())["rows"]
+    assert [(r["algorithm"], r["attack"], r["clean_accuracy"], r["asr"]) for r in again] == \
+        [(r["algorithm"], r["attack"], r["clean_accuracy"], r["asr"]) for r in rows]
+
+
+@pytest.mark.parametrize("bad", [[{"attack": "nosuch"}], [{"algo": "fixmatch"}], [{"algorithm": None}]])
+def test_bad_explicit_rows_are_refused(tmp_path, capsys, bad):
+    cfg = {**TINY, "rows": bad}
+    assert main(["experiment", "-c", str(_write(tmp_path, cfg)), "--output", str(tmp_path / "o"), "--no_progress", "true"]) == 2
+    assert "rows" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_warm_start_from_the_surrogate_loads_theta0(tmp_path):
+    """``warm_start: surrogate``: every row's model (and its EMA copy) starts from the attacker's
+    theta_0 (Yan et al.'s victim), a different cache key than a random start."""
+    from lightning_ssl_backdoor.attacks.surrogate import load_surrogate
+    from lightning_ssl_backdoor.pipeline.experiment import Runner
+    from lightning_ssl_backdoor.ssl import ALGORITHMS
+
+    cfg = config_from_dict({**TINY, "warm_start": "surrogate",
+                            "surrogate": {"arch": "tiny_cnn", "steps": 3, "model_kwargs": {"width": 8}}})
+    runner = Runner(cfg, tmp_path / "run", progress=False)
+    args = runner.model_args(0)
+    theta0 = load_surrogate(args["init_weights"])
+    module = ALGORITHMS["fixmatch"](num_classes=10, in_channels=3, **args)
+    for name, ref in theta0.state_dict().items():
+        assert torch.equal(module.model.state_dict()[name], ref)
+        assert torch.equal(module.ema_model.state_dict()[name], ref)
+    cold = Runner(config_from_dict(TINY), tmp_path / "cold", progress=False).model_args(0)
+    assert "init_weights" not in cold
+    with pytest.raises(Exception, match="does not fit"):
+        ALGORITHMS["fixmatch"](num_classes=10, in_channels=3, arch="tiny_cnn", model_kwargs={"width": 16},
+                               init_weights=args["init_weights"])

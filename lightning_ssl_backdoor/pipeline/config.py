@@ -70,6 +70,15 @@ class ExperimentConfig:
     attacks: list[Any] = field(default_factory=lambda: [None])
     defenses: list[Any] = field(default_factory=lambda: [None])
     surrogate: dict = field(default_factory=dict)
+    # where every row's model starts: None (random initialisation), "surrogate" (the attacker's
+    # theta_0 of ``surrogate``, as the victim of Yan et al.'s code) or a weights file
+    warm_start: Optional[str] = None
+    # explicit rows instead of the full algorithm x attack x defense product: each entry names an
+    # algorithm / attack / defense of the lists above by its label or name (null = none; an omitted
+    # algorithm means the first one); every entry runs for every seed
+    rows: Optional[list[dict]] = None
+    # rows trained at once in separate processes (each with ``threads`` torch threads)
+    jobs: int = 1
     dynamics_every: Optional[int] = None
     threads: Optional[int] = None
     output: Optional[str] = None
@@ -85,6 +94,13 @@ class ExperimentConfig:
             self.attacks = [None]
         if not self.defenses:
             self.defenses = [None]
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ConfigError(f"jobs must be a positive integer, got {self.jobs!r}.")
+        for entry in self.rows or []:
+            if not isinstance(entry, dict) or not set(entry) <= {"algorithm", "attack", "defense"}:
+                raise ConfigError(
+                    f"each entry of rows is a mapping with keys algorithm / attack / defense, got {entry!r}."
+                )
 
 
 def config_hash(*parts: Any) -> str:

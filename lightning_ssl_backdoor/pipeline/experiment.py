@@ -3,7 +3,8 @@
 Each stage's output is cached under ``OUTPUT/cache`` keyed by a hash of everything that determines
 it, so re-running (or changing only a later stage) reuses earlier stages, and an interrupted run
 resumes (training restarts from its last checkpoint). Rows (algorithm x attack x defense x seed) are
-independent, so several processes or GPUs can take rows of one grid in parallel (``--rows``).
+independent, so several processes or GPUs can take rows of one grid in parallel (``--only``;
+``jobs`` > 1 runs several rows at once on one machine).
 """
 
 from __future__ import annotations
@@ -91,19 +92,52 @@ class Runner:
             example_grid(split, grid)
         return split, key
 
+    def surrogate_path(self, seed: int) -> Path:
+        """The attacker's theta_0 for ``seed`` (trained on the labeled split and cached)."""
+        from lightning_ssl_backdoor.pipeline.attack_stage import surrogate_model
+
+        cfg = dict(self.cfg.surrogate)
+        if cfg.get("checkpoint"):
+            return Path(cfg["checkpoint"])
+        folder = self.cache / f"surrogate-{config_hash(split_key(self.cfg, seed), self.cfg.surrogate)}"
+        surrogate_model(self.clean_split(seed), cfg, seed, folder, self.progress)
+        return folder / "surrogate.safetensors"
+
+    def model_args(self, seed: int) -> dict[str, Any]:
+        """The row's model arguments, with ``init_weights`` when ``warm_start`` asks for it."""
+        ws = self.cfg.warm_start
+        if not ws:
+            return dict(self.cfg.model)
+        path = self.surrogate_path(seed) if ws == "surrogate" else Path(ws)
+        if not path.is_file():
+            raise ConfigError(f"warm_start: {path} does not exist; give 'surrogate' or a weights file.")
+        return {**self.cfg.model, "init_weights": str(path)}
+
     # --------------------------------------------------------------- rows
     def rows(self) -> list[tuple[Spec, Optional[Spec], Optional[Spec], int]]:
+        """The grid's rows: the full product, or the config's explicit ``rows`` for every seed."""
         c = self.cfg
-        return list(itertools.product(c.algorithms, c.attacks, c.defenses, c.seeds))
+        if not c.rows:
+            return list(itertools.product(c.algorithms, c.attacks, c.defenses, c.seeds))
+        out = []
+        for entry in c.rows:
+            picked = (
+                _pick(c.algorithms, entry.get("algorithm", c.algorithms[0]), "algorithm", allow_none=False),
+                _pick(c.attacks, entry.get("attack"), "attack"),
+                _pick(c.defenses, entry.get("defense"), "defense"),
+            )
+            out.extend((*picked, seed) for seed in c.seeds)
+        return out
 
     def run_row(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> dict[str, Any]:
         split, akey = self.attacked_split(seed, attack)
-        tkey = config_hash(akey, "train", asdict(algorithm), self.cfg.model, asdict(self.cfg.data),
+        model_args = self.model_args(seed)
+        tkey = config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
                            asdict(self.cfg.trainer), seed, None if defense is None else asdict(defense))
         if defense is not None:
             from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
 
-            ctx = DefenseContext(split, seed, algorithm, self.cfg.model, self.cfg.data, self.cfg.trainer,
+            ctx = DefenseContext(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
                                  self.cache / f"defense-{tkey}", progress=self.progress)
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
@@ -114,7 +148,7 @@ class Runner:
 
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
         res = train_row(
-            split, algorithm, self.cfg.model, self.cfg.data, self.cfg.trainer, seed,
+            split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,
             workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
         )
         return self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
@@ -159,23 +193,93 @@ class Runner:
         return row
 
     def run(self, only: Optional[list[int]] = None) -> list[dict[str, Any]]:
+        """Run the chosen rows (all by default), ``cfg.jobs`` at a time in separate processes."""
+        rows = self.rows()
+        if only is not None:
+            bad = [i for i in only if not 0 <= i < len(rows)]
+            if bad:
+                raise ConfigError(f"--only {bad} out of range: this grid has rows 0..{len(rows) - 1}.")
+        chosen = [i for i in range(len(rows)) if only is None or i in only]
+        if self.cfg.jobs > 1 and len(chosen) > 1:
+            return self._run_parallel(rows, chosen)
         from tqdm.auto import tqdm
 
-        rows = self.rows()
-        chosen = [i for i in range(len(rows)) if only is None or i in only]
         out = []
         bar = tqdm(chosen, desc="experiment rows", disable=not self.progress, file=sys.stderr)
         for i in bar:
-            algorithm, attack, defense, seed = rows[i]
             t0 = time.perf_counter()
-            row = self.run_row(algorithm, attack, defense, seed)
+            row = self.run_row(*rows[i])
             out.append(row)
-            tqdm.write(
-                f"[{i + 1}/{len(rows)}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
-                f"seed={seed}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({time.perf_counter() - t0:.0f} s)",
-                file=sys.stderr,
-            )
+            _summary(i, len(rows), row, time.perf_counter() - t0)
         return out
+
+    def _run_parallel(self, rows, chosen: list[int]) -> list[dict[str, Any]]:
+        """Attacks and surrogates first (in this process, each once), then ``jobs`` worker
+        processes train the rows; results come back in row order."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from tqdm.auto import tqdm
+
+        for i in chosen:  # the shared stages, computed once before any row trains
+            algorithm, attack, defense, seed = rows[i]
+            self.attacked_split(seed, attack)
+            self.model_args(seed)
+        results: dict[int, dict[str, Any]] = {}
+        bar = tqdm(total=len(chosen), desc=f"experiment rows ({self.cfg.jobs} at a time)",
+                   disable=not self.progress, file=sys.stderr)
+        with ProcessPoolExecutor(max_workers=min(self.cfg.jobs, len(chosen)), mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_row_worker, self.cfg, str(self.output), i): i for i in chosen}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                row, seconds = fut.result()
+                results[i] = row
+                bar.update(1)
+                _summary(i, len(rows), row, seconds)
+        bar.close()
+        return [results[i] for i in chosen]
+
+
+def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(
+        f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
+        f"seed={row['seed']}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({seconds:.0f} s)",
+        file=sys.stderr,
+    )
+
+
+def _row_worker(cfg: ExperimentConfig, output: str, index: int) -> tuple[dict[str, Any], float]:
+    """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads."""
+    from lightning_ssl_backdoor.utils import quiet_lightning
+
+    quiet_lightning()
+    import logging
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ..." once per row is noise
+    torch.set_num_threads(int(cfg.threads or 1))
+    runner = Runner(cfg, Path(output), progress=False)
+    t0 = time.perf_counter()
+    row = runner.run_row(*runner.rows()[index])
+    return row, time.perf_counter() - t0
+
+
+def _pick(specs: list, key: Any, kind: str, allow_none: bool = True) -> Optional[Spec]:
+    """The entry of ``specs`` whose label or name is ``key`` (None for no attack / defense)."""
+    if key is None:
+        if allow_none:
+            return None
+        raise ConfigError(f"rows: an entry needs an {kind}.")
+    matches = [s for s in specs if s is not None and key in (s.display, s.name)]
+    if not matches:
+        names = [s.display for s in specs if s is not None]
+        raise ConfigError(f"rows: no {kind} called {key!r}; the config's {kind}s are {names}.")
+    if len(matches) > 1 and not any(s.display == key for s in matches):
+        raise ConfigError(f"rows: {kind} {key!r} is ambiguous; give each a distinct label.")
+    exact = [s for s in matches if s.display == key]
+    return (exact or matches)[0]
 
 
 def experiment_main(argv: list[str]) -> int:
@@ -187,7 +291,7 @@ def experiment_main(argv: list[str]) -> int:
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="experiment YAML")
     parser.add_class_arguments(ExperimentConfig, None, fail_untyped=False)
-    parser.add_argument("--rows", type=Optional[list[int]], default=None, help="run only these row numbers (0-based)")
+    parser.add_argument("--only", type=Optional[list[int]], default=None, help="run only these row numbers (0-based)")
     parser.add_argument("--no_progress", type=bool, default=False, help="hide progress bars")
     ns = parser.parse_args(argv)
     cfg = config_from_dict(ns.as_dict())
@@ -196,7 +300,7 @@ def experiment_main(argv: list[str]) -> int:
     output = Path(cfg.output or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     runner = Runner(cfg, output, progress=not ns.no_progress)
-    rows = runner.run(ns.rows)
+    rows = runner.run(ns.only)
     from lightning_ssl_backdoor.report.tables import write_report
 
     paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)

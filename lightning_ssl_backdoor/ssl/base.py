@@ -25,6 +25,37 @@ from torch import nn
 from lightning_ssl_backdoor.errors import ConfigError
 
 
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Load ``path`` (a surrogate safetensors file or a weights-only torch state dict) into
+    ``model``, strictly: a checkpoint of another architecture or class count is refused."""
+    from pathlib import Path
+
+    from lightning_ssl_backdoor.errors import ArtifactError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"init_weights: {p} does not exist.")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(p))
+        except Exception as e:  # safetensors raises its own error types on corrupt files
+            raise ArtifactError(f"init_weights: {p} is not a readable safetensors file ({e}).") from None
+    else:
+        try:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ArtifactError(f"init_weights: {p} is not a weights-only torch state dict ({e}).") from None
+        if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint of an SSLModule
+            state = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = [line.strip() for line in str(e).splitlines()[1:2]] or [str(e)]
+        raise ArtifactError(f"init_weights: {p} does not fit this model ({detail[0]}).") from None
+
+
 class SSLModule(pl.LightningModule):
     """Base class. Args are shared by every algorithm.
 
@@ -42,6 +73,11 @@ class SSLModule(pl.LightningModule):
             whose labels a mirror image does not keep).
         strong_n, strong_m: RandAugment ops per image and maximal magnitude.
         channels_last: run the model in channels-last memory format.
+        init_weights: start from these weights instead of a random initialisation: a surrogate
+            written by :func:`~lightning_ssl_backdoor.attacks.surrogate.save_surrogate`
+            (safetensors; Yan et al.'s victim starts from the attacker's theta_0) or a torch state
+            dict of the backbone, loaded with ``weights_only=True``. The EMA copy starts from them
+            too. A resumed run takes its weights from the checkpoint instead.
     """
 
     #: augmented views of the unlabeled batch the algorithm needs: "weak", "strong", "weak2", ...
@@ -68,6 +104,7 @@ class SSLModule(pl.LightningModule):
         strong_n: int = 2,
         strong_m: int = 10,
         channels_last: bool = False,
+        init_weights: Optional[str] = None,
     ) -> None:
         super().__init__()
         if schedule not in ("cosine", "constant"):
@@ -81,6 +118,8 @@ class SSLModule(pl.LightningModule):
         from lightning_ssl_backdoor.models import build_model
 
         self.model = build_model(arch, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
+        if init_weights:
+            load_initial_weights(self.model, init_weights)
         self.ema_model: Optional[nn.Module] = None
         if ema_decay is not None:
             self.ema_model = copy.deepcopy(self.model)
