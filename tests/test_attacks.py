@@ -124,6 +124,17 @@ def test_deneb_eot_poisons_survive_the_weak_crop(split, theta0):
         deneb_perturbation(theta0, x, anchors, bidx, **{**kw, "eot_pad": 1})
 
 
+def test_deneb_tie_w_uses_one_draw_for_both_poisons(split, theta0):
+    """w1 = w2 by default (the paper's finding after Eq. 20); independent draws with tie_w=False."""
+    kinds = {}
+    for tie in (True, False):
+        ps = build_attack("deneb", target=TARGET, budget=6, steps=0, seed=3, tie_w=tie, progress=False).poison(split, theta0)
+        arr = ps.attack["arrays"]
+        kinds[tie] = (arr["w"][arr["kind"] == 0], arr["w"][arr["kind"] == 1])
+    assert torch.equal(*kinds[True]) and not torch.equal(*kinds[False])
+    assert torch.equal(kinds[True][0], kinds[False][0])  # w1 is the same first draw either way
+
+
 def test_deneb_learning_rate_decay_fires():
     # Linear model, lambda = 0, sign updates: every step moves each pixel by exactly eta_n.
     torch.manual_seed(0)

@@ -22,6 +22,11 @@ E[w] = 0.1); the two poisons are
     weak   u^_i       = u_i       + w1 * P(u_i)             (no trigger; keeps u_i's pseudo-label)
     strong u^_i^delta = u_i^delta + (1 - w2) * P(u_i^delta) (trigger; pseudo-labelled as target)
 
+With ``tie_w`` (default) one draw serves both, w1 = w2: the Discussion after Eq. 20 reports that
+w1 = w2 "successfully alleviates the model's attention on the adversarial pattern and improves
+the attack success rate" (the second term of Eq. 20 then vanishes); ``tie_w=False`` draws them
+independently, as steps 5-7 of Alg. 2 are written.
+
 Both are appended to the unlabeled set (originals stay, as in their code), so a budget of N
 source images yields 2N poisons; both are marked in the poison mask. With ``injection="replace"``
 the weak poison overwrites u_i and the strong one is appended. Both perturbations are convex
@@ -202,7 +207,8 @@ class DeNeBAttack(Attack):
     Beta(1, beta)), ``anchor_batch`` (size of B_l), ``chunk_size`` (poisons optimised together),
     ``precision`` ("float32", or "float64" for results independent of ``chunk_size`` to ~1e-15),
     ``eot`` (weak-view crops averaged per step; 0 = Alg. 1 as written) and ``eot_pad`` (their
-    padding; default 1/8 of the image side, FixMatch's weak crop). The budget counts source images (each gives a weak and a strong poison).
+    padding; default 1/8 of the image side, FixMatch's weak crop), ``tie_w`` (w1 = w2, the
+    paper's finding; False: independent draws). The budget counts source images (each gives a weak and a strong poison).
     """
 
     name = "deneb"
@@ -233,6 +239,7 @@ class DeNeBAttack(Attack):
         precision: str = "float32",
         eot: int = 0,
         eot_pad: Optional[int] = None,
+        tie_w: bool = True,
         progress: bool = True,
     ) -> None:
         super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
@@ -252,6 +259,7 @@ class DeNeBAttack(Attack):
         if int(eot) < 0 or (eot_pad is not None and int(eot_pad) < 0):
             raise ConfigError(f"DeNeB needs eot >= 0 and eot_pad >= 0, got {eot} and {eot_pad}.")
         self.eot, self.eot_pad = int(eot), None if eot_pad is None else int(eot_pad)
+        self.tie_w = bool(tie_w)
 
     def craft(self, split, pool, chosen, model, trigger, generator) -> Poisons:
         anchors_mask = split.labeled.labels == self.target
@@ -267,7 +275,7 @@ class DeNeBAttack(Attack):
         m = min(self.anchor_batch, len(anchors))
         bidx = torch.stack([torch.randperm(len(anchors), generator=generator)[:m] for _ in range(2 * P)])
         w1 = sample_beta_1(P, self.beta, generator)
-        w2 = sample_beta_1(P, self.beta, generator)
+        w2 = w1.clone() if self.tie_w else sample_beta_1(P, self.beta, generator)
         offsets, pad = None, 0
         if self.eot:
             h = u.shape[-1]
@@ -297,6 +305,13 @@ class DeNeBAttack(Attack):
             crop = WeakAugment(flip=False, pad=pad)
             info["theta0_strong_target_rate_weak_view"] = float(
                 (predict(model, crop(strong_q.float() / 255, generator=g_view)) == self.target).float().mean())
+        from lightning_ssl_backdoor.augment import StrongAugment, WeakAugment
+
+        g_view = torch.Generator().manual_seed(int(self.seed) + 11)  # what FixMatch trains on
+        crop_pad = pad or max(1, round(u.shape[-1] / 8))
+        strong_view = StrongAugment(n=2, m=10)(WeakAugment(flip=False, pad=crop_pad)(
+            strong_q.float() / 255, generator=g_view), generator=g_view)
+        info["theta0_strong_target_rate_strong_view"] = float((predict(model, strong_view) == self.target).float().mean())
         info["theta0_trigger_only_target_rate"] = float((predict(model, ut) == self.target).float().mean())
         return Poisons(
             images=torch.cat([weak_q, strong_q]),

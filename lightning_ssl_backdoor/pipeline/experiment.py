@@ -122,7 +122,7 @@ class Runner:
         out = []
         for entry in c.rows:
             picked = (
-                _pick(c.algorithms, entry.get("algorithm", c.algorithms[0]), "algorithm", allow_none=False),
+                _pick(c.algorithms, entry.get("algorithm", c.algorithms[0].display), "algorithm", allow_none=False),
                 _pick(c.attacks, entry.get("attack"), "attack"),
                 _pick(c.defenses, entry.get("defense"), "defense"),
             )
@@ -229,7 +229,9 @@ class Runner:
         bar = tqdm(total=len(chosen), desc=f"experiment rows ({self.cfg.jobs} at a time)",
                    disable=not self.progress, file=sys.stderr)
         with ProcessPoolExecutor(max_workers=min(self.cfg.jobs, len(chosen)), mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_row_worker, self.cfg, str(self.output), i): i for i in chosen}
+            # defended rows (usually the longest) start first, so the workers tend to finish together
+            order = sorted(chosen, key=lambda i: (rows[i][2] is None, rows[i][1] is None))
+            futures = {pool.submit(_row_worker, self.cfg, str(self.output), i): i for i in order}
             for fut in as_completed(futures):
                 i = futures[fut]
                 row, seconds = fut.result()
