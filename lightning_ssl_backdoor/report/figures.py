@@ -47,11 +47,12 @@ def bars(rows: list[dict[str, Any]], path: Path) -> Path:
     w = 0.38
     ca = [s["clean_accuracy"] or 0 for s in summary]
     asr = [s["asr"] or 0 for s in summary]
+    has_asr = [s["asr"] is not None for s in summary]  # no attack: no ASR bar, "n/a" above it
     ax.bar([x - w / 2 for x in xs], ca, w, yerr=[s["clean_accuracy_std"] or 0 for s in summary], label="clean accuracy", color="#4C72B0")
     ax.bar([x + w / 2 for x in xs], asr, w, yerr=[s["asr_std"] or 0 for s in summary], label="attack success rate", color="#C44E52")
-    for x, a, b in zip(xs, ca, asr):
+    for x, a, b, h in zip(xs, ca, asr, has_asr):
         ax.text(x - w / 2, a + 1, f"{a:.1f}", ha="center", fontsize=8)
-        ax.text(x + w / 2, b + 1, f"{b:.1f}", ha="center", fontsize=8)
+        ax.text(x + w / 2, b + 1, f"{b:.1f}" if h else "n/a", ha="center", fontsize=8)
     ax.set_xticks(list(xs), [_label(s) for s in summary], fontsize=8)
     ax.set_ylim(0, 110)
     ax.set_ylabel("%")
@@ -120,9 +121,17 @@ def example_grid(split: Any, path: Path, n: int = 8) -> Optional[Path]:
             rows.append(trigger(clean).clamp(0, 1))
         names.append("triggered test")
     if mask is not None and mask.any():
-        idx = torch.nonzero(mask).flatten()[:n]
+        idx = torch.nonzero(mask).flatten()
+        kind = (getattr(split, "attack", None) or {}).get("arrays", {}).get("kind")
+        if kind is not None and len(kind) == len(idx) and int(kind.max()) > int(kind.min()):
+            # DeNeB-style pairs: half weakly perturbed (no trigger), half strongly perturbed + trigger
+            order = torch.argsort(torch.as_tensor(kind), descending=True, stable=True)
+            idx = torch.cat([idx[order[: n - n // 2]], idx[order.flip(0)[: n // 2]]])
+            names.append(f"poisoned unlabeled ({n - n // 2} strong + trigger, {n // 2} weak)")
+        else:
+            idx = idx[:n]
+            names.append("poisoned unlabeled")
         rows.append(split.unlabeled.images[idx].float() / 255)
-        names.append("poisoned unlabeled")
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
     for i, (imgs, name) in enumerate(zip(rows, names)):
         for j in range(n):
