@@ -140,7 +140,7 @@ def test_quickstart_runs_end_to_end_at_reduced_steps(tmp_path):
     assert main(["experiment", "-c", str(_write(tmp_path, cfg)), "--output", str(out), "--no_progress", "true"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["attack"], r["defense"]) for r in rows] == [
-        (None, None), ("clean_label", None), ("deneb", None), ("deneb", "bi"), ("deneb", "depud-ocdp")]
+        (None, None), ("clean_label", None), ("deneb", None), ("freq", None), ("freq", "bi"), ("freq", "depud-ocdp")]
     assert rows[1]["num_poisons"] == rows[2]["num_poisons"] == 64
     assert all(r["asr"] is not None for r in rows[1:])
 
