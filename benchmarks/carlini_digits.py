@@ -63,6 +63,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             # the recording run is the undefended training (same data, seed and length) plus a recorder
             entry["recording_run_targeted"] = [
                 (i.get("record") or {}).get("test", {}).get("targeted_ema") for i in infos]
+            entry["poison_target_share"] = [i.get("poison_target_share") for i in infos]
             entry["histograms"] = [i.get("histogram") for i in infos]
         if name == "clustering":
             entry["flagged_cluster_sizes"] = [i.get("flagged_cluster_sizes") for i in infos]
@@ -90,6 +91,44 @@ def clustering_detection_only(run: str, seeds: list[int]) -> list[dict[str, Any]
         _, info = ClusteringDefense(**spec.init_args).filter(split, ctx)
         keys = ("auroc", "recall", "fpr", "num_removed", "num_poison", "flagged_cluster_sizes")
         out.append({"seed": seed, **{k: info.get(k) for k in keys}})
+    return out
+
+
+def influence_diagnostics(run: str, rows: list[dict[str, Any]], strides=(1, 5), lags=(1, 0)) -> list[dict[str, Any]]:
+    """Re-score the influence rows' stored recordings (``record/dynamics.npz``, no training) with
+    other record strides (every ``stride``-th record) and with the co-movement variant ``lag=0``
+    (not the paper's definition; see ``influence_vectors``), k and cut as in the config."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from lightning_ssl_backdoor.data.artifacts import load_arrays
+    from lightning_ssl_backdoor.defenses.influence import influence_detect
+    from lightning_ssl_backdoor.defenses.influence_defense import detection_info, separation_stats
+    from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict
+
+    cfg = config_from_dict(yaml.safe_load(CONFIG.read_text()))
+    runner = Runner(cfg, Path(run), progress=False)
+    spec = next(d for d in cfg.defenses if d is not None and d.name == "influence")
+    k = int(spec.init_args.get("k", 5))
+    frac = spec.init_args.get("drop_fraction", 0.05)
+    out = []
+    for r in sorted((r for r in rows if r["defense"] == "influence"), key=lambda r: r["seed"]):
+        folder = Path(((r.get("defense_info") or {}).get("record") or {}).get("folder", ""))
+        if not (folder / "dynamics.npz").is_file():
+            continue
+        arrays, _ = load_arrays(folder / "dynamics.npz")
+        history = torch.from_numpy(np.asarray(arrays["history"], dtype=np.float32))
+        split, _ = runner.attacked_split(r["seed"], cfg.attacks[0])
+        poison = split.unlabeled_poison_mask.bool()
+        for stride in strides:
+            for lag in lags:
+                det = influence_detect(history[stride - 1::stride], k=k, drop_fraction=frac, lag=lag)
+                info = detection_info(det.scores, det.keep_mask, poison)
+                info.update(separation_stats(det.info["influence"], poison))
+                out.append({"seed": r["seed"], "stride": stride, "records": int(history[stride - 1::stride].shape[0]),
+                            "lag": lag, **{key: info.get(key) for key in (
+                                "auroc", "recall", "fpr", "poisons_below_percentile", "all_poisons_below_percentile")}})
     return out
 
 
@@ -121,7 +160,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             "Influence (Sec. 5.3), per seed: every poison below the 5th percentile of clean influence = "
             f"{inf['all_poisons_below_p5']}; share of poisons below it = {inf['poisons_below_p5']}; "
-            f"rank of the most benign-looking poison (1 = lowest influence) = {inf['worst_poison_rank']}.",
+            f"rank of the most benign-looking poison (1 = lowest influence) = {inf['worst_poison_rank']}; "
+            f"share of the path labelled with the attacker's class at the end of the recording run "
+            f"(the undefended training plus a recorder) = {inf.get('poison_target_share')}.",
         ]
     clu = summary.get("clustering")
     if clu:
@@ -132,6 +173,16 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         for d in meta["clustering_detection_only"]:
             lines.append(f"| {d['seed']} | {_pct(d['recall'])} | {_pct(d['fpr'])} | {d['auroc']} | "
                          f"{d['num_removed']} | {d['num_poison']} |")
+    if meta.get("influence_diagnostics"):
+        every = meta.get("every_n_steps", 10)
+        lines += ["", "Influence re-scored from the stored recordings (no training; lag 0 is a diagnostic "
+                  "variant, not Sec. 5.3's definition), per seed:", "",
+                  "| seed | records | lag | AUROC | recall at cut | FPR | poisons below clean p5 |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for d in meta["influence_diagnostics"]:
+            lines.append(f"| {d['seed']} | {d['records']} (every {d['stride'] * every} steps) | {d['lag']} | "
+                         f"{'-' if d['auroc'] is None else round(d['auroc'], 3)} | {_pct(d['recall'])} | "
+                         f"{_pct(d['fpr'])} | {_pct(d['poisons_below_percentile'])} |")
     if meta.get("findings"):
         lines += ["", "## Findings", "", meta["findings"]]
     return "\n".join(lines) + "\n"
@@ -145,6 +196,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--note", default="", help="free text about the run settings (steps, seeds)")
     p.add_argument("--detect_seeds", default="", help="comma-separated seeds for clustering detection only")
     p.add_argument("--findings", default="", help="free text appended to the markdown")
+    p.add_argument("--diagnose_influence", action="store_true",
+                   help="re-score the stored influence recordings with record strides 1 and 5 and lag 1 / 0")
     args, extra = p.parse_known_args(argv)
     if args.execute:
         from lightning_ssl_backdoor.cli import main as cli
@@ -160,6 +213,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.detect_seeds:
         meta["clustering_detection_only"] = clustering_detection_only(
             args.run, [int(x) for x in args.detect_seeds.split(",")])
+    if args.diagnose_influence:
+        import yaml
+
+        spec = next((d for d in yaml.safe_load(CONFIG.read_text())["defenses"]
+                     if isinstance(d, dict) and d.get("name") == "influence"), {})
+        meta["every_n_steps"] = (spec.get("init_args") or {}).get("every_n_steps", 10)
+        meta["influence_diagnostics"] = influence_diagnostics(args.run, res["rows"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "carlini_digits.json").write_text(json.dumps({"summary": summary, **meta}, indent=2) + "\n")

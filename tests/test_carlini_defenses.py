@@ -117,6 +117,10 @@ def test_influence_filter_drops_the_planted_poisons(poisoned, tmp_path):
     assert info["recall"] == 1.0 and info["fpr"] == 0.0 and info["auroc"] == 1.0
     assert info["all_poisons_below_percentile"] is True and info["worst_poison_rank"] == int(mask.sum())
     assert info["num_records"] == 8 and Path(info["histogram"]).stat().st_size > 1000
+    # how far the attacker's label spread along the path in the recording run (all poisons share one trajectory)
+    hist = stub.history
+    expect = float(int(hist[-1, mask][0].argmax()) == poisoned.target)
+    assert info["poison_target_share"] == expect
     json.dumps(info)  # the row's defense_info is written to results.json
     # the recorded store is reused: a second defense on the same stage trains nothing new
     stub.history = None
@@ -247,3 +251,13 @@ def test_carlini_digits_config_rows():
     assert attack["name"] == "interpolation"
     for d in cfg["defenses"][1:]:
         build_defense(Spec(d["name"], d.get("init_args", {})))
+
+
+def test_influence_defense_lag_option(poisoned, tmp_path):
+    mask = poisoned.unlabeled_poison_mask
+    stub = StubTrainer(history=fake_history(mask, seed=2))
+    out, info = InfluenceDefense(every_n_steps=1, drop_count=int(mask.sum()), lag=0).filter(
+        poisoned, make_ctx(poisoned, tmp_path, stub))
+    assert info["lag"] == 0 and info["recall"] == 1.0 and int(out.unlabeled_poison_mask.sum()) == 0
+    with pytest.raises(ConfigError, match="lag"):
+        InfluenceDefense(lag=2)

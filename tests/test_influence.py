@@ -241,3 +241,47 @@ def test_threshold_detection_and_histogram(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["influence.png"]  # no temp file left
     with pytest.raises(ConfigError):
         plot_influence_histogram(result.scores, mask[:10], tmp_path / "bad.png")
+
+
+def brute_force_lag0_scores(history: torch.Tensor, k: int) -> torch.Tensor:
+    """The co-movement variant (``lag=0``): mu^(0,K-1) against mu^(0,K-1), explicit loops."""
+    h = history.double().numpy()
+    n_epochs, n = h.shape[0], h.shape[1]
+    mu = np.stack([np.concatenate([h[e + 1, j] - h[e, j] for e in range(n_epochs - 1)] + [h[-1, j]])
+                   for j in range(n)])
+    scores = []
+    for i in range(n):
+        d = sorted(float(((mu[i] - mu[j]) ** 2).sum()) for j in range(n) if j != i)
+        scores.append(sum(d[:k]) / k)
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n, n_epochs, c, k", [(30, 4, 3, 5), (23, 2, 10, 3), (41, 6, 5, 40)])
+def test_lag0_variant_matches_brute_force(n, n_epochs, c, k):
+    history = random_history(n_epochs, n, c, seed=7 * n + k)
+    got = influence_scores(history, k=k, lag=0)
+    torch.testing.assert_close(got, brute_force_lag0_scores(history, k), rtol=1e-10, atol=1e-12)
+    # the default is the paper's lagged definition
+    torch.testing.assert_close(influence_scores(history, k=k), brute_force_scores(history, k), rtol=1e-10, atol=1e-12)
+    assert influence_detect(history, k=k, drop_count=3, lag=0).info["lag"] == 0
+    with pytest.raises(ConfigError, match="lag"):
+        influence_scores(history, k=k, lag=2)
+
+
+def test_lag0_finds_poisons_that_change_together():
+    """Poisons that all jump in the same record (and benign examples that wander) are closest to each
+    other under co-movement; under the one-record lag a synchronous jump does not match itself."""
+    g = torch.Generator().manual_seed(0)
+    n, p, K, C = 200, 10, 12, 4
+    hist = torch.softmax(0.5 * torch.randn(K, n, C, generator=g), dim=-1)
+    jump = torch.zeros(K, C)
+    jump[:6, 1], jump[6:, 0] = 1.0, 1.0  # class 1 until record 6, class 0 afterwards
+    hist[:, -p:] = (0.9 * jump + 0.025).unsqueeze(1) + 1e-3 * torch.rand(K, p, C, generator=g)
+    hist = hist / hist.sum(-1, keepdim=True)
+    poison = torch.zeros(n, dtype=torch.bool)
+    poison[-p:] = True
+    s0 = influence_scores(hist, k=5, lag=0)
+    assert float(s0[poison].max()) < float(s0[~poison].min())
+    s1 = influence_scores(hist, k=5, lag=1)
+    assert roc_auc_score(poison.numpy(), (-s0).numpy()) == 1.0
+    assert roc_auc_score(poison.numpy(), (-s1).numpy()) <= roc_auc_score(poison.numpy(), (-s0).numpy())

@@ -20,6 +20,21 @@ Sources (``source``):
   signed-gradient descent (steps of 1/255, early stop) that the known initial model already
   classifies as y* after quantisation; then the path bridges x' to x*.
 
+Choosing x' and x* (``source_choice``, ``target_choice``). The paper draws both uniformly at random
+(Sec. 3.2.1) and notes that some sources and targets are much easier than others (Sec. 3.2.3, Fig. 3),
+that the attack "gets stuck" when the label propagates only part of the way along the path (Sec. 4.4),
+and that a short path from x' to x* propagates faster (Sec. 4.3, where x' is placed next to x*). Two
+options make the path short without leaving the threat model:
+
+- ``source_choice="nearest"``: x' is the candidate source (labeled, or unlabeled for the
+  zero-knowledge variant, of class y*; the surrogate's filter still applies) nearest to x* in pixel
+  L2 distance; the adversary knows the candidates (Sec. 3.1's assumption) and x*.
+- ``target_choice="nearest"``: x* is the test image outside y* nearest (pixel L2) to any labeled image
+  of class y*. This weakens the targeted threat model (the adversary picks which image to attack),
+  so it is off by default and reported separately.
+
+``"random"`` (the default for both) is the paper's behaviour: a seeded uniform draw.
+
 "phi" in Table 3 is not defined in the paper; we read it as the standard normal density.
 """
 
@@ -59,6 +74,7 @@ DENSITIES: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 _ALIASES = {"uniform": "1", "linear": "x", "default": "1.5-x"}
 SOURCES = ("labeled", "unlabeled", "adversarial")
+CHOICES = ("random", "nearest")
 _GRID = 200_001
 
 
@@ -111,6 +127,23 @@ def interpolate(x_source: torch.Tensor, x_target: torch.Tensor, alphas: torch.Te
     return ((1 - a) * x_source.double().unsqueeze(0) + a * x_target.double().unsqueeze(0)).float()
 
 
+def nearest_row(candidates: torch.Tensor, x: torch.Tensor) -> int:
+    """Index (into ``candidates`` ``[M, C, H, W]``) of the image nearest to ``x`` in pixel L2 distance
+    (float64; ties go to the lowest index)."""
+    if len(candidates) == 0:
+        raise ConfigError("interpolation: no candidate images to choose the nearest from.")
+    d = (candidates.double().flatten(1) - x.double().flatten().unsqueeze(0)).pow(2).sum(1)
+    return int(torch.argmin(d))
+
+
+def nearest_to_set(candidates: torch.Tensor, anchors: torch.Tensor) -> int:
+    """Index of the candidate whose pixel L2 distance to its nearest anchor is smallest."""
+    if len(candidates) == 0 or len(anchors) == 0:
+        raise ConfigError("interpolation: no candidate or anchor images to choose the nearest from.")
+    d = torch.cdist(candidates.double().flatten(1), anchors.double().flatten(1)).min(1).values
+    return int(torch.argmin(d))
+
+
 def nearest_adversarial(model, x: torch.Tensor, target: int, steps: int = 255,
                         step_size: float = 1.0 / 255.0, progress: bool = False) -> tuple[torch.Tensor, bool]:
     """Carlini Sec. 4.3: ``x' = x + delta`` near ``x`` (float ``[C, H, W]``) that the model labels
@@ -141,7 +174,10 @@ class InterpolationAttack(Attack):
     ``target_image`` (test-set row of x*; default: a seeded random test image not of class y*),
     ``source`` ("labeled" / "unlabeled" / "adversarial"), ``source_index`` (row of x' in the
     labeled or unlabeled set; default seeded), ``density`` (Table 3 name), ``support_paths``,
-    ``support_fraction``, ``adv_steps`` (for ``source="adversarial"``).
+    ``support_fraction``, ``adv_steps`` (for ``source="adversarial"``), ``source_choice`` and
+    ``target_choice`` (``"random"``, the paper's uniform draw, or ``"nearest"``: the class-y* source
+    nearest to x* / the test image nearest to the labeled class-y* images; see the module docstring;
+    an explicit ``source_index`` / ``target_image`` wins).
     """
 
     name = "interpolation"
@@ -163,6 +199,8 @@ class InterpolationAttack(Attack):
         support_paths: int = 0,
         support_fraction: float = 0.5,
         adv_steps: int = 255,
+        source_choice: str = "random",
+        target_choice: str = "random",
         progress: bool = True,
     ) -> None:
         super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, None, progress)
@@ -172,6 +210,12 @@ class InterpolationAttack(Attack):
             raise ConfigError(f"source must be one of {list(SOURCES)}, got {source!r}.")
         if int(support_paths) < 0 or not 0.0 <= float(support_fraction) < 1.0:
             raise ConfigError("support_paths must be >= 0 and support_fraction in [0, 1).")
+        if source_choice not in CHOICES or target_choice not in CHOICES:
+            raise ConfigError(f"source_choice and target_choice must be one of {list(CHOICES)}, "
+                              f"got {source_choice!r} / {target_choice!r}.")
+        if source == "adversarial" and source_choice != "random":
+            raise ConfigError("source_choice applies to source='labeled' or 'unlabeled', not 'adversarial'.")
+        self.source_choice, self.target_choice = source_choice, target_choice
         self.target_image = None if target_image is None else int(target_image)
         self.source = source
         self.source_index = None if source_index is None else int(source_index)
@@ -200,23 +244,38 @@ class InterpolationAttack(Attack):
             if not 0 <= self.target_image < len(test):
                 raise ConfigError(f"target_image {self.target_image} is not a row of the {len(test)}-image test set.")
             t_idx = self.target_image
+        elif self.target_choice == "nearest":
+            rows = torch.nonzero(test.targets != self.target).flatten()
+            anchors = split.labeled.float()[torch.nonzero(split.labeled.labels == self.target).flatten()]
+            t_idx = int(rows[nearest_to_set(test.float()[rows], anchors)])
         else:
             t_idx = self._pick(torch.nonzero(test.targets != self.target).flatten(), g, "test image outside the target class")
         x_star = test.float()[t_idx]
         y_star_img = int(test.targets[t_idx])
         if y_star_img == self.target:
             raise ConfigError(f"the target image {t_idx} already has class {self.target}; pick another target_image.")
-        info: Dict[str, Any] = {"target_image": t_idx, "target_image_label": y_star_img, "source": self.source}
+        info: Dict[str, Any] = {"target_image": t_idx, "target_image_label": y_star_img, "source": self.source,
+                                "source_choice": self.source_choice, "target_choice": self.target_choice}
         if self.source == "labeled":
             rows = torch.nonzero(split.labeled.labels == self.target).flatten()
             if model is not None and len(rows):
                 ok = predict(model, split.labeled.float()[rows]) == self.target
                 rows = rows[ok] if bool(ok.any()) else rows
-            s_idx = self.source_index if self.source_index is not None else self._pick(rows, g, "labeled image of the target class")
+            if self.source_index is not None:
+                s_idx = self.source_index
+            elif self.source_choice == "nearest":
+                s_idx = int(rows[nearest_row(split.labeled.float()[rows], x_star)])
+            else:
+                s_idx = self._pick(rows, g, "labeled image of the target class")
             x_src = split.labeled.float()[s_idx]
         elif self.source == "unlabeled":
             rows = torch.nonzero(split.unlabeled.targets == self.target).flatten()
-            s_idx = self.source_index if self.source_index is not None else self._pick(rows, g, "unlabeled image of the target class")
+            if self.source_index is not None:
+                s_idx = self.source_index
+            elif self.source_choice == "nearest":
+                s_idx = int(rows[nearest_row(split.unlabeled.float()[rows], x_star)])
+            else:
+                s_idx = self._pick(rows, g, "unlabeled image of the target class")
             x_src = split.unlabeled.float()[s_idx]
         else:
             s_idx = -1
@@ -225,6 +284,7 @@ class InterpolationAttack(Attack):
             info["adversarial_success"] = bool(ok)
             info["adversarial_linf"] = float((q.float() / 255.0 - x_star).abs().max())
         info["source_index"] = int(s_idx)
+        info["path_l2"] = float((x_src - x_star).double().pow(2).sum().sqrt())
 
         n_support = int(round(self.support_fraction * n)) if self.support_paths > 0 else 0
         per = n_support // self.support_paths if self.support_paths else 0

@@ -247,13 +247,29 @@ def _as_history(history) -> torch.Tensor:
     return history
 
 
-def influence_vectors(history) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_lag(lag) -> int:
+    if isinstance(lag, bool) or not isinstance(lag, (int, np.integer)) or lag not in (0, 1):
+        raise ConfigError(f"influence lag must be 1 (the paper's definition) or 0 (co-movement), got {lag!r}.")
+    return int(lag)
+
+
+def influence_vectors(history, lag: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, B)`` with ``A[i] = mu_i^(0,K-2)`` and ``B[j] = mu_j^(1,K-1)`` (Sec. 5.3), float64
-    ``[N, (K-1)*C]`` each, so that ``Influence(u_i, u_j) = ||A[i] - B[j]||^2``."""
+    ``[N, (K-1)*C]`` each, so that ``Influence(u_i, u_j) = ||A[i] - B[j]||^2``.
+
+    ``lag=0`` is a diagnostic variant, not the paper's: ``A = B = mu^(0,K-1)`` (``[N, K*C]``), so two
+    examples are close when they change *in the same record* rather than one record apart. When the
+    recording interval is longer than the time the label needs to pass from one poison to the next,
+    neighbouring poisons change together and the one-record lag hides their coupling."""
+    lag = _check_lag(lag)
     f = _as_history(history).double()
+    n = f.shape[1]
+    if lag == 0:
+        same = torch.cat([f[1:] - f[:-1], f[-1:]], 0)  # [K, N, C]: ∂f_0 .. ∂f_{K-2}, f_{K-1}
+        v = same.permute(1, 0, 2).reshape(n, -1).contiguous()
+        return v, v.clone()
     src = torch.cat([f[1:-1] - f[:-2], f[-2:-1]], 0)  # [K-1, N, C]: ∂f_0 .. ∂f_{K-3}, f_{K-2}
     dst = torch.cat([f[2:] - f[1:-1], f[-1:]], 0)  # [K-1, N, C]: ∂f_1 .. ∂f_{K-2}, f_{K-1}
-    n = f.shape[1]
     return (src.permute(1, 0, 2).reshape(n, -1).contiguous(),
             dst.permute(1, 0, 2).reshape(n, -1).contiguous())
 
@@ -400,6 +416,7 @@ def influence_scores(
     approximate: bool = False,
     *,
     projection_dim: int = 64,
+    lag: int = 1,
 ) -> torch.Tensor:
     """Average influence of the ``k`` most influential neighbours of every example (Sec. 5.3).
 
@@ -421,6 +438,8 @@ def influence_scores(
             max 0.26; about 0.6x the CPU time of exact mode there. Use exact mode when the benign
             scores themselves matter.
         projection_dim: dimensions of the approximate search (ignored in exact mode).
+        lag: 1 (default) is Sec. 5.3's lagged influence; 0 compares simultaneous changes
+            (a diagnostic variant, see :func:`influence_vectors`).
 
     Returns:
         float64 ``[N]`` on ``history.device``: ``score[i] = mean of the k smallest
@@ -440,7 +459,7 @@ def influence_scores(
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size
                                    or chunk_size < 1):
         raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size}.")
-    a64, b64 = influence_vectors(h)
+    a64, b64 = influence_vectors(h, lag=lag)
     dev = a64.device
     margin = max(8, k)
     all_rows = torch.arange(n, device=dev)
@@ -483,6 +502,7 @@ def influence_detect(
     threshold: Optional[float] = None,
     chunk_size: Optional[int] = None,
     approximate: bool = False,
+    lag: int = 1,
 ) -> DetectionResult:
     """Flag the examples with the lowest average influence (Sec. 5.3) for removal.
 
@@ -497,7 +517,7 @@ def influence_detect(
         raise ConfigError("give at most one of drop_fraction, drop_count or threshold.")
     if not any(criteria):
         drop_fraction = 0.01
-    influence = influence_scores(history, k=k, chunk_size=chunk_size, approximate=approximate)
+    influence = influence_scores(history, k=k, chunk_size=chunk_size, approximate=approximate, lag=lag)
     scores = -influence
     keep = keep_mask_from_scores(
         scores,
@@ -509,6 +529,7 @@ def influence_detect(
         "method": "training_dynamics_influence",
         "k": k,
         "approximate": bool(approximate),
+        "lag": int(lag),
         "drop_fraction": drop_fraction,
         "drop_count": drop_count,
         "threshold": threshold,

@@ -14,7 +14,11 @@ Stages, cached under ``ctx.stage_dir``:
 ``defense_info`` holds the detection metrics against the poison mask (AUROC, precision, recall and
 FPR of the cut), whether every poison ranks below the 5th percentile of the clean influence scores
 (Sec. 5.3: "perfectly separates"), summary statistics of both groups, the recording model's test
-metrics and the path of the Fig. 7 histogram.
+metrics and the path of the Fig. 7 histogram. For an attacked split it also records how far the
+attacker's label spread along the poisons in the recording run (``poison_target_share``: the share of
+poisons whose last recorded prediction is the attack's target; Carlini Sec. 3.3 / 4.4, the label
+"propagates only part of the way" when the attack gets stuck), so a failed attack can be told
+apart from a failed detector.
 
 This module also holds :func:`filter_unlabeled` (drop unlabeled examples while keeping every field
 of a :class:`PoisonedSplit` consistent) and :func:`detection_info`, shared with the clustering
@@ -177,6 +181,9 @@ class InfluenceDefense(DataDefense):
         use_ema: record the EMA weights' predictions (when the algorithm keeps an EMA).
         percentile: the clean-score percentile the separation check compares against (5).
         figure: write the Fig. 7 histogram (``influence_hist.png`` in the stage folder).
+        lag: 1 (default, Sec. 5.3: ``u_j`` repeats ``u_i``'s change one record later) or 0 (a
+            diagnostic variant, not the paper's: examples that change in the same record are close;
+            see :func:`~lightning_ssl_backdoor.defenses.influence.influence_vectors`).
     """
 
     name = "influence"
@@ -192,6 +199,7 @@ class InfluenceDefense(DataDefense):
         use_ema: bool = False,
         percentile: float = 5.0,
         figure: bool = True,
+        lag: int = 1,
     ) -> None:
         self.every_n_steps = _positive_int("influence every_n_steps", every_n_steps)
         self.k = _positive_int("influence k", k)
@@ -203,6 +211,9 @@ class InfluenceDefense(DataDefense):
             raise ConfigError(f"influence percentile must lie in (0, 100), got {percentile!r}.")
         self.drop_count, self.drop_fraction, self.threshold = drop_count, drop_fraction, threshold
         self.use_ema, self.percentile, self.figure = bool(use_ema), float(percentile), bool(figure)
+        from lightning_ssl_backdoor.defenses.influence import _check_lag
+
+        self.lag = _check_lag(lag)
 
     # ------------------------------------------------------------------ stages
     def record(self, split: SSLSplit, ctx: DefenseContext) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -242,7 +253,7 @@ class InfluenceDefense(DataDefense):
 
         history, rec = self.record(split, ctx)
         det = influence_detect(history, k=self.k, drop_fraction=self.drop_fraction,
-                               drop_count=self.drop_count, threshold=self.threshold)
+                               drop_count=self.drop_count, threshold=self.threshold, lag=self.lag)
         influence = det.info["influence"].detach().cpu()
         keep = det.keep_mask.detach().cpu()
         poison = poison_mask_of(split)
@@ -250,12 +261,16 @@ class InfluenceDefense(DataDefense):
         info.update(detection_info(det.scores, keep, poison))
         info.update(separation_stats(influence, poison, self.percentile))
         info.update(
-            k=self.k, every_n_steps=self.every_n_steps, num_records=int(history.shape[0]),
+            k=self.k, lag=self.lag, every_n_steps=self.every_n_steps, num_records=int(history.shape[0]),
             drop_count=self.drop_count, drop_fraction=self.drop_fraction, threshold=self.threshold,
             cut_influence=float(influence[~keep].max()) if bool((~keep).any()) else None,
             record={"steps": rec.get("steps"), "test": rec.get("test", {}),
                     "folder": str(Path(ctx.stage_dir) / "record")},
         )
+        target = getattr(split, "target", None)
+        if target is not None and bool(poison.any()):
+            last = history[-1].argmax(-1)[poison]
+            info["poison_target_share"] = float((last == int(target)).float().mean())
         if self.figure:
             info["histogram"] = plot_influence_histogram(influence, poison, Path(ctx.stage_dir) / "influence_hist.png")
         return filter_unlabeled(split, keep), info
