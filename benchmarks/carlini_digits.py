@@ -8,7 +8,13 @@ recall and FPR of the removed cluster).
 
     python benchmarks/carlini_digits.py --run /tmp/carlini_run                # summarise a finished run
     python benchmarks/carlini_digits.py --run /tmp/carlini_run --execute \\
-        --trainer.max_steps 300 --only '[0,1,2,5,6,7,10,11,12]'               # run (resumes), then summarise
+        --only '[0,1,2,5,6,7,10,11,12]'                                       # run seeds 0-2 (resumes), then summarise
+    python benchmarks/carlini_digits.py --run /tmp/carlini_run --diagnose_influence --detect_seeds 0,1,2,3,4
+
+``--diagnose_influence`` re-scores the stored influence recordings (no training) every record and every
+5th record, with Sec. 5.3's lagged influence and the co-movement variant ``lag=0``; ``--detect_seeds``
+runs clustering detection alone. The run's ``results.json`` holds only the rows of its last invocation:
+after partial (``--only``) runs, run once more without ``--only`` (every row is cached) before summarising.
 """
 
 from __future__ import annotations
