@@ -191,3 +191,25 @@ def test_warm_start_from_the_surrogate_loads_theta0(tmp_path):
     with pytest.raises(Exception, match="does not fit"):
         ALGORITHMS["fixmatch"](num_classes=10, in_channels=3, arch="tiny_cnn", model_kwargs={"width": 16},
                                init_weights=args["init_weights"])
+
+
+def test_parallel_rows_stop_at_once_when_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C (or a failed row) in the parent terminates the worker processes instead of waiting
+    for their rows to finish."""
+    import multiprocessing as mp
+    import time as _time
+
+    import lightning_ssl_backdoor.pipeline.experiment as experiment
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "_summary", interrupted)
+    cfg = config_from_dict({**TINY, "dynamics_every": None, "jobs": 2, "algorithms": ["supervised"],
+                            "attacks": [None], "seeds": [0, 1, 2]})
+    runner = experiment.Runner(cfg, tmp_path / "run", progress=False)
+    t0 = _time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert not mp.active_children()
+    assert _time.perf_counter() - t0 < 120

@@ -215,9 +215,10 @@ class Runner:
 
     def _run_parallel(self, rows, chosen: list[int]) -> list[dict[str, Any]]:
         """Attacks and surrogates first (in this process, each once), then ``jobs`` worker
-        processes train the rows; results come back in row order."""
+        processes train the rows; results come back in row order. An interruption (Ctrl-C) or a
+        failed row terminates the workers at once; finished rows and checkpoints stay cached, so
+        re-running resumes."""
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         from tqdm.auto import tqdm
 
@@ -228,17 +229,22 @@ class Runner:
         results: dict[int, dict[str, Any]] = {}
         bar = tqdm(total=len(chosen), desc=f"experiment rows ({self.cfg.jobs} at a time)",
                    disable=not self.progress, file=sys.stderr)
-        with ProcessPoolExecutor(max_workers=min(self.cfg.jobs, len(chosen)), mp_context=mp.get_context("spawn")) as pool:
-            # defended rows (usually the longest) start first, so the workers tend to finish together
-            order = sorted(chosen, key=lambda i: (rows[i][2] is None, rows[i][1] is None))
-            futures = {pool.submit(_row_worker, self.cfg, str(self.output), i): i for i in order}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                row, seconds = fut.result()
+        # defended rows (usually the longest) start first, so the workers tend to finish together
+        order = sorted(chosen, key=lambda i: (rows[i][2] is None, rows[i][1] is None))
+        pool = mp.get_context("spawn").Pool(min(self.cfg.jobs, len(chosen)), maxtasksperchild=1)
+        try:
+            tasks = [(self.cfg, str(self.output), i) for i in order]
+            for i, row, seconds in pool.imap_unordered(_row_task, tasks):
                 results[i] = row
                 bar.update(1)
                 _summary(i, len(rows), row, seconds)
-        bar.close()
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+            bar.close()
         return [results[i] for i in chosen]
 
 
@@ -250,6 +256,11 @@ def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
         f"seed={row['seed']}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({seconds:.0f} s)",
         file=sys.stderr,
     )
+
+
+def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
+    cfg, output, index = task
+    return (index, *_row_worker(cfg, output, index))
 
 
 def _row_worker(cfg: ExperimentConfig, output: str, index: int) -> tuple[dict[str, Any], float]:
