@@ -81,6 +81,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SSLBackdoorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished stages and checkpoints are kept; run the same `ssl-backdoor {cmd}` "
+              "command again to resume.", file=sys.stderr)
+        return 130
     print(f"error: unknown subcommand {cmd!r}.\n\n{USAGE}", file=sys.stderr)
     return 2
 

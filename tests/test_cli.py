@@ -81,3 +81,16 @@ def test_every_lightning_config_instantiates(path, tmp_path):
         assert type(cli.model).__name__ == content["model"]["class_path"].rsplit(".", 1)[1]
     if kind == "trainer":
         assert cli.trainer.max_steps == content["trainer"]["max_steps"]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import lightning_ssl_backdoor.pipeline.experiment as experiment
+    from lightning_ssl_backdoor.cli import main as cli_main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "experiment_main", interrupted)
+    assert cli_main(["experiment", "-c", "x.yaml"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted:") and "resume" in err and "Traceback" not in err
