@@ -10,7 +10,7 @@ batch size.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -99,3 +99,37 @@ def pgd_linf(
             out[s : s + batch_size] = (xb + delta).detach().to(out.device)
         bar.close()
     return out
+
+
+class PGDOptions:
+    """Mix-in for attacks that enhance images with untargeted L-inf PGD before the trigger
+    (Turner et al.'s clean-label and label-consistent attacks; Yan et al. Eq. 13): the
+    :class:`~lightning_ssl_backdoor.attacks.base.Attack` arguments plus ``eps`` (16/255),
+    ``steps`` (10) and ``step_size`` (default 2.5 eps / steps, Madry et al.)."""
+
+    name = ""
+
+    def __init__(
+        self,
+        target: int = 0,
+        seed: int = 0,
+        budget: Optional[int] = None,
+        budget_rate: Optional[float] = None,
+        target_class_rate: Optional[float] = None,
+        injection: Optional[str] = None,
+        trigger: Optional[Dict[str, Any]] = None,
+        eps: float = 16.0 / 255.0,
+        steps: int = 10,
+        step_size: Optional[float] = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
+        if not 0 < float(eps) <= 1 or int(steps) < 1:
+            raise ConfigError(f"{self.name} needs 0 < eps <= 1 and steps >= 1, got eps={eps}, steps={steps}.")
+        self.eps, self.steps = float(eps), int(steps)
+        self.step_size = None if step_size is None else float(step_size)
+
+    def untargeted_pgd(self, model, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Batched PGD away from ``labels`` within ``eps`` of ``x`` (model frozen)."""
+        return pgd_linf(model, x, labels, self.eps, self.steps, self.step_size, targeted=False,
+                        progress=self.progress, desc=self.name)

@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
-
 import torch
 
-from lightning_ssl_backdoor.attacks.adversarial import pgd_linf
+from lightning_ssl_backdoor.attacks.adversarial import PGDOptions
 from lightning_ssl_backdoor.attacks.base import Attack, Poisons, quantize_within
 from lightning_ssl_backdoor.errors import ConfigError
 
@@ -50,39 +48,18 @@ class CleanLabelAttack(Attack):
         return Poisons(images=trigger(x), sources=chosen, true_labels=true)
 
 
-class TurnerCleanLabelAttack(CleanLabelAttack):
+class TurnerCleanLabelAttack(PGDOptions, CleanLabelAttack):
     """Clean-label + Turner et al.'s adversarial enhancement (Yan et al. Eq. 13, Table II).
 
-    ``eps`` (default 16/255), ``steps`` PGD iterations with ``step_size`` (default 2.5 eps/steps).
-    Pixels outside the trigger stay within eps of the clean image after quantisation.
+    ``eps`` (default 16/255), ``steps`` PGD iterations with ``step_size`` (default 2.5 eps/steps;
+    :class:`~lightning_ssl_backdoor.attacks.adversarial.PGDOptions`). Pixels outside the trigger stay within eps of the clean image after quantisation.
     """
 
     name = "clean_label_turner"
     requires_model = True
 
-    def __init__(
-        self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
-        trigger: Optional[Dict[str, Any]] = None,
-        eps: float = 16.0 / 255.0,
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        progress: bool = True,
-    ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
-        if not 0 < float(eps) <= 1 or int(steps) < 1:
-            raise ConfigError(f"{self.name} needs 0 < eps <= 1 and steps >= 1, got eps={eps}, steps={steps}.")
-        self.eps, self.steps = float(eps), int(steps)
-        self.step_size = None if step_size is None else float(step_size)
-
     def perturb(self, x, labels, model):
-        return pgd_linf(model, x, labels, self.eps, self.steps, self.step_size, targeted=False,
-                        progress=self.progress, desc=self.name)
+        return self.untargeted_pgd(model, x, labels)
 
     def craft(self, split, pool, chosen, model, trigger, generator) -> Poisons:
         x = pool.float()[chosen]

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from lightning_ssl_backdoor.attacks.adversarial import pgd_linf
+from lightning_ssl_backdoor.attacks.adversarial import PGDOptions
 from lightning_ssl_backdoor.attacks.base import Attack, Poisons, quantize_within
 from lightning_ssl_backdoor.errors import ConfigError
 
@@ -112,7 +112,7 @@ class WaNetAttack(PoisonLabelAttack):
         )
 
 
-class LabelConsistentAttack(Attack):
+class LabelConsistentAttack(PGDOptions, Attack):
     """Turner et al.'s label-consistent attack on the labeled set (PGD, then the trigger)."""
 
     name = "label_consistent"
@@ -121,26 +121,6 @@ class LabelConsistentAttack(Attack):
     default_budget = {"target_class_rate": 0.25}
     default_injection = "replace"
     default_trigger = DBD_PATCH
-
-    def __init__(
-        self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
-        trigger: Optional[Dict[str, Any]] = None,
-        eps: float = 16.0 / 255.0,
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        progress: bool = True,
-    ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
-        if not 0 < float(eps) <= 1 or int(steps) < 1:
-            raise ConfigError(f"label_consistent needs 0 < eps <= 1 and steps >= 1, got eps={eps}, steps={steps}.")
-        self.eps, self.steps = float(eps), int(steps)
-        self.step_size = None if step_size is None else float(step_size)
 
     def candidates(self, split, pool) -> torch.Tensor:
         rows = self.target_rows(pool)
@@ -151,7 +131,6 @@ class LabelConsistentAttack(Attack):
     def craft(self, split, pool, chosen, model, trigger, generator) -> Poisons:
         x = pool.float()[chosen]
         y = pool.targets[chosen]
-        adv = pgd_linf(model, x, y, self.eps, self.steps, self.step_size, targeted=False,
-                       progress=self.progress, desc=self.name)
+        adv = self.untargeted_pgd(model, x, y)
         adv = quantize_within(adv, pool.images[chosen], self.eps).float() / 255.0
         return Poisons(images=trigger(adv), sources=chosen, true_labels=y, labels=y.clone())
