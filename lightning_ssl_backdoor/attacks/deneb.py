@@ -298,19 +298,16 @@ class DeNeBAttack(Attack):
         clean_pred = predict(model, u)
         info["theta0_strong_target_rate"] = float((predict(model, strong_q.float() / 255) == self.target).float().mean())
         info["theta0_weak_kept_rate"] = float((predict(model, weak_q.float() / 255) == clean_pred).float().mean())
-        if self.eot:  # the same, seen through one random weak crop (what the victim pseudo-labels)
-            from lightning_ssl_backdoor.augment.weak import WeakAugment
-
-            g_view = torch.Generator().manual_seed(int(self.seed) + 7)
-            crop = WeakAugment(flip=False, pad=pad)
-            info["theta0_strong_target_rate_weak_view"] = float(
-                (predict(model, crop(strong_q.float() / 255, generator=g_view)) == self.target).float().mean())
         from lightning_ssl_backdoor.augment import StrongAugment, WeakAugment
 
+        strong_x = strong_q.float() / 255
+        crop = WeakAugment(flip=False, pad=pad or max(1, round(u.shape[-1] / 8)))
+        if self.eot:  # the same, seen through one random weak crop (what the victim pseudo-labels)
+            g_view = torch.Generator().manual_seed(int(self.seed) + 7)
+            info["theta0_strong_target_rate_weak_view"] = float(
+                (predict(model, crop(strong_x, generator=g_view)) == self.target).float().mean())
         g_view = torch.Generator().manual_seed(int(self.seed) + 11)  # what FixMatch trains on
-        crop_pad = pad or max(1, round(u.shape[-1] / 8))
-        strong_view = StrongAugment(n=2, m=10)(WeakAugment(flip=False, pad=crop_pad)(
-            strong_q.float() / 255, generator=g_view), generator=g_view)
+        strong_view = StrongAugment(n=2, m=10)(crop(strong_x, generator=g_view), generator=g_view)
         info["theta0_strong_target_rate_strong_view"] = float((predict(model, strong_view) == self.target).float().mean())
         info["theta0_trigger_only_target_rate"] = float((predict(model, ut) == self.target).float().mean())
         return Poisons(

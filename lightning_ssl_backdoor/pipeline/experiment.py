@@ -82,7 +82,7 @@ class Runner:
         key = config_hash(base, "attack", asdict(attack), self.cfg.surrogate)
         split = run_attack_stage(
             self.clean_split(seed), attack, self.cfg.surrogate, seed,
-            self.cache / f"attack-{key}", surrogate_dir=self.cache / f"surrogate-{config_hash(base, self.cfg.surrogate)}",
+            self.cache / f"attack-{key}", surrogate_dir=self.surrogate_dir(seed),
             progress=self.progress,
         )
         grid = self.output / f"examples_{_slug(attack.display)}.png"
@@ -92,16 +92,20 @@ class Runner:
             example_grid(split, grid)
         return split, key
 
-    def surrogate_path(self, seed: int) -> Path:
-        """The attacker's theta_0 for ``seed`` (trained on the labeled split and cached)."""
-        from lightning_ssl_backdoor.pipeline.attack_stage import surrogate_model
+    def surrogate_dir(self, seed: int) -> Path:
+        """Cache folder of the attacker's theta_0 for ``seed`` (shared by attacks and warm starts)."""
+        return self.cache / f"surrogate-{config_hash(split_key(self.cfg, seed), self.cfg.surrogate)}"
 
-        cfg = dict(self.cfg.surrogate)
-        if cfg.get("checkpoint"):
-            return Path(cfg["checkpoint"])
-        folder = self.cache / f"surrogate-{config_hash(split_key(self.cfg, seed), self.cfg.surrogate)}"
-        surrogate_model(self.clean_split(seed), cfg, seed, folder, self.progress)
-        return folder / "surrogate.safetensors"
+    def surrogate_path(self, seed: int) -> Path:
+        """The attacker's theta_0 for ``seed`` (trained on the labeled split once, then cached)."""
+        if self.cfg.surrogate.get("checkpoint"):
+            return Path(self.cfg.surrogate["checkpoint"])
+        path = self.surrogate_dir(seed) / "surrogate.safetensors"
+        if not path.is_file():
+            from lightning_ssl_backdoor.pipeline.attack_stage import surrogate_model
+
+            surrogate_model(self.clean_split(seed), dict(self.cfg.surrogate), seed, path.parent, self.progress)
+        return path
 
     def model_args(self, seed: int) -> dict[str, Any]:
         """The row's model arguments, with ``init_weights`` when ``warm_start`` asks for it."""
@@ -259,24 +263,20 @@ def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
 
 
 def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
-    cfg, output, index = task
-    return (index, *_row_worker(cfg, output, index))
-
-
-def _row_worker(cfg: ExperimentConfig, output: str, index: int) -> tuple[dict[str, Any], float]:
     """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads."""
-    from lightning_ssl_backdoor.utils import quiet_lightning
-
-    quiet_lightning()
     import logging
 
+    from lightning_ssl_backdoor.utils import quiet_lightning
+
+    cfg, output, index = task
+    quiet_lightning()
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ..." once per row is noise
     torch.set_num_threads(int(cfg.threads or 1))
     runner = Runner(cfg, Path(output), progress=False)
     t0 = time.perf_counter()
     row = runner.run_row(*runner.rows()[index])
-    return row, time.perf_counter() - t0
+    return index, row, time.perf_counter() - t0
 
 
 def _pick(specs: list, key: Any, kind: str, allow_none: bool = True) -> Optional[Spec]:
