@@ -328,6 +328,20 @@ def test_depud_flagged_scope_and_groups(tmp_path):
     assert issubclass(purified(Supervised), Supervised)
 
 
+def test_depud_weighted_scope_scales_each_mask_by_its_score(tmp_path):
+    split = _split()
+    d = DePuD(purify="weighted", figures=False, detector={"steps": 2, "batch_size": 8}, share_detector=False)
+    ctx = _ctx(tmp_path, split, algorithm="supervised", steps=1)
+    d.run(ctx)
+    arrays, _ = load_masks(ctx.stage_dir / "masks.npz")
+    _, model = d.train_detector(ctx)  # cached: the same detector
+    full, scores = compute_masks(model, split.unlabeled.images, 1)
+    expected = (full.float() * scores[:, None, None]).round().to(torch.uint8)
+    assert torch.allclose(arrays["scores"].float(), scores.float())
+    assert (arrays["masks"].int() - expected.int()).abs().max() <= 1  # rounding of the stored score
+    assert int(arrays["masks"].sum()) < int(full.int().sum())
+
+
 @pytest.mark.parametrize(
     "args, match",
     [

@@ -22,7 +22,9 @@ scores of clean and triggered test images, and the figure paths (``figures/``).
 
 Options: ``mode`` (``ocdp``), ``sigma`` (100/255), ``cut`` (0.5: the score at which an image counts
 as flagged), ``purify`` (``all``: every unlabeled image is purified, as in the paper; ``flagged``:
-only images with ``score >= cut``, the others keep an all-zero mask), ``detector`` (dict: ``steps``
+only images with ``score >= cut``, the others keep an all-zero mask; ``weighted``: every image,
+with its mask multiplied by its score, reading Eq. 24's m_ij as the probability that pixel ij is
+poisoned, P(image poisoned) x P(pixel | poisoned)), ``detector`` (dict: ``steps``
 (default: the row's ``trainer.max_steps``), ``batch_size`` (labeled images per step, as many
 unlabeled; default: the row's ``data.batch_size``), ``val_check_interval`` and any option of
 :class:`PoisonDetector` / :class:`SSLModule`, e.g. ``alpha_mix``, ``l1``, ``l2``, ``lr``, ``view``),
@@ -53,7 +55,7 @@ from lightning_ssl_backdoor.pipeline.config import Spec, config_hash
 from lightning_ssl_backdoor.pipeline.defense_stage import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
-PURIFY_SCOPES = ("all", "flagged")
+PURIFY_SCOPES = ("all", "flagged", "weighted")
 #: the row's model settings the detector inherits (architecture and augmentation, not the optimiser)
 INHERITED_MODEL_KEYS = ("arch", "model_kwargs", "channels_last", "weak_pad", "weak_flip")
 DETECTOR_STAGE_KEYS = {"steps", "batch_size", "val_check_interval"}
@@ -186,6 +188,8 @@ class DePuD(Defense):
         masks, scores = compute_masks(model, split.unlabeled.images, 1, self.mask_chunk, _device(ctx))
         if self.purify == "flagged":
             masks = masks * (scores >= self.cut).to(torch.uint8)[:, None, None]
+        elif self.purify == "weighted":  # P(pixel poisoned) = P(image poisoned) * P(pixel | poisoned)
+            masks = (masks.float() * scores.float()[:, None, None]).round().clamp(0, 255).to(torch.uint8)
         mean = split.labeled.images.float().div(255.0).mean(dim=(0, 2, 3))
         save_masks(path, masks, mean, split.unlabeled.images, scores=scores,
                    meta={"purify": self.purify, "cut": self.cut, "mean_source": "labeled set"})
