@@ -54,10 +54,10 @@ def bars(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.text(x - w / 2, a + 1, f"{a:.1f}", ha="center", fontsize=8)
         ax.text(x + w / 2, b + 1, f"{b:.1f}" if h else "n/a", ha="center", fontsize=8)
     ax.set_xticks(list(xs), [_label(s) for s in summary], fontsize=8)
-    ax.set_ylim(0, 110)
+    ax.set_ylim(0, 122)  # headroom: the legend sits above the tallest bar labels
     ax.set_ylabel("%")
     ax.set_title("Clean accuracy and attack success rate per row (mean ± std over seeds)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8, ncol=2)
     return save_figure(fig, path)
 
 
