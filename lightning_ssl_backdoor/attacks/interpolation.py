@@ -231,6 +231,14 @@ class InterpolationAttack(Attack):
     def build_trigger(self, image_shape):
         return None
 
+    def _choose_source(self, images, rows, x_star, g, where: str) -> int:
+        """x': ``source_index`` if given, else the row of ``images`` nearest to x* or a seeded draw."""
+        if self.source_index is not None:
+            return self.source_index
+        if self.source_choice == "nearest":
+            return int(rows[nearest_row(images[rows], x_star)])
+        return self._pick(rows, g, f"{where} image of the target class")
+
     def _pick(self, rows: torch.Tensor, g: torch.Generator, what: str) -> int:
         if len(rows) == 0:
             raise ConfigError(f"interpolation: no {what} available; change target or source.")
@@ -261,21 +269,11 @@ class InterpolationAttack(Attack):
             if model is not None and len(rows):
                 ok = predict(model, split.labeled.float()[rows]) == self.target
                 rows = rows[ok] if bool(ok.any()) else rows
-            if self.source_index is not None:
-                s_idx = self.source_index
-            elif self.source_choice == "nearest":
-                s_idx = int(rows[nearest_row(split.labeled.float()[rows], x_star)])
-            else:
-                s_idx = self._pick(rows, g, "labeled image of the target class")
+            s_idx = self._choose_source(split.labeled.float(), rows, x_star, g, "labeled")
             x_src = split.labeled.float()[s_idx]
         elif self.source == "unlabeled":
             rows = torch.nonzero(split.unlabeled.targets == self.target).flatten()
-            if self.source_index is not None:
-                s_idx = self.source_index
-            elif self.source_choice == "nearest":
-                s_idx = int(rows[nearest_row(split.unlabeled.float()[rows], x_star)])
-            else:
-                s_idx = self._pick(rows, g, "unlabeled image of the target class")
+            s_idx = self._choose_source(split.unlabeled.float(), rows, x_star, g, "unlabeled")
             x_src = split.unlabeled.float()[s_idx]
         else:
             s_idx = -1
