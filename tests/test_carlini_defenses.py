@@ -261,3 +261,34 @@ def test_influence_defense_lag_option(poisoned, tmp_path):
     assert info["lag"] == 0 and info["recall"] == 1.0 and int(out.unlabeled_poison_mask.sum()) == 0
     with pytest.raises(ConfigError, match="lag"):
         InfluenceDefense(lag=2)
+
+
+def test_dynamics_diagnostics_flag_noise_dominated_recordings():
+    """Smooth shared trajectories: no warning and the poisons' self-influence is below the clean cut;
+    white-noise records: a RuntimeWarning naming the roughness, and no poison below it."""
+    import warnings
+
+    from lightning_ssl_backdoor.defenses.influence import influence_scores
+    from lightning_ssl_backdoor.defenses.influence_defense import dynamics_diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    n, k_rec = 60, 40
+    poison = torch.zeros(n, dtype=torch.bool)
+    poison[-10:] = True
+    # every example drifts smoothly from one random prediction a_j to another b_j; the poisons share theirs
+    t = torch.linspace(-3, 3, k_rec, dtype=torch.float64)[:, None, None]
+    a, b = (-torch.rand(2, n, 3, generator=g, dtype=torch.float64).log()).unbind(0)  # Dirichlet(1, 1, 1)
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    shift = torch.rand(1, n, 1, generator=g, dtype=torch.float64) * 2 - 1
+    a[poison], b[poison], shift[:, poison] = a[-1].clone(), b[-1].clone(), 0.0
+    s = torch.sigmoid(2 * (t - shift))
+    smooth = (1 - s) * a + s * b
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = dynamics_diagnostics(smooth, influence_scores(smooth, k=3), poison)
+    assert info["delta_roughness"] < 0.2 and info["poisons_self_below_percentile"] == 1.0
+    noisy = smooth + 0.03 * torch.randn(k_rec, n, 3, generator=g, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="noise-dominated"):
+        info = dynamics_diagnostics(noisy, influence_scores(noisy, k=3), poison)
+    assert info["delta_roughness"] > 2.5 and info["poisons_self_below_percentile"] == 0.0
+    json.dumps(info)

@@ -285,3 +285,46 @@ def test_lag0_finds_poisons_that_change_together():
     s1 = influence_scores(hist, k=5, lag=1)
     assert roc_auc_score(poison.numpy(), (-s0).numpy()) == 1.0
     assert roc_auc_score(poison.numpy(), (-s1).numpy()) <= roc_auc_score(poison.numpy(), (-s0).numpy())
+
+
+def test_self_influence_and_roughness_match_loops():
+    """Influence(u, u) and the pooled / per-example roughness against explicit loops over records."""
+    from lightning_ssl_backdoor.defenses.influence import delta_roughness, self_influence
+
+    g = torch.Generator().manual_seed(3)
+    h = torch.softmax(torch.randn(7, 9, 4, generator=g, dtype=torch.float64), -1)
+    hn = h.numpy()
+    k_rec = hn.shape[0]
+    ref_self, ref_rough, ref_energy = [], [], []
+    for j in range(hn.shape[1]):
+        d = [hn[t + 1, j] - hn[t, j] for t in range(k_rec - 1)]
+        si = sum(((d[t] - d[t + 1]) ** 2).sum() for t in range(k_rec - 2)) + ((hn[k_rec - 2, j] - hn[k_rec - 1, j]) ** 2).sum()
+        ref_self.append(si)
+        ref_rough.append(sum(((d[t] - d[t + 1]) ** 2).sum() for t in range(k_rec - 2)))
+        ref_energy.append(sum((x ** 2).sum() for x in d))
+    torch.testing.assert_close(self_influence(h), torch.tensor(ref_self, dtype=torch.float64))
+    torch.testing.assert_close(delta_roughness(h, per_example=True),
+                               torch.tensor(ref_rough, dtype=torch.float64) / torch.tensor(ref_energy, dtype=torch.float64))
+    assert delta_roughness(h) == pytest.approx(sum(ref_rough) / sum(ref_energy))
+    # an exact copy of u_0 is the only example it influences, and it does so by its self-influence
+    far = torch.softmax(50 * torch.randn(7, 6, 4, generator=g, dtype=torch.float64), -1)
+    dup = torch.cat([h[:, :1], far, h[:, :1]], 1)
+    assert brute_force_scores(dup, k=1)[0].item() == pytest.approx(self_influence(h)[0].item())
+
+
+def test_roughness_tells_smooth_from_noisy_dynamics():
+    """A smooth sigmoid trajectory is near 0; white noise around a fixed prediction is near 3."""
+    from lightning_ssl_backdoor.defenses.influence import delta_roughness
+
+    t = torch.linspace(-4, 4, 200, dtype=torch.float64)
+    p = torch.sigmoid(t)[:, None, None] * torch.ones(1, 5, 1, dtype=torch.float64)
+    smooth = torch.cat([p, 1 - p], -1)
+    assert delta_roughness(smooth) < 0.01
+    g = torch.Generator().manual_seed(0)
+    q = (0.5 + 0.05 * torch.randn(4000, 20, 1, generator=g, dtype=torch.float64))
+    noisy = torch.cat([q, 1 - q], -1)
+    assert delta_roughness(noisy) == pytest.approx(3.0, abs=0.1)
+    flat = torch.full((4, 3, 2), 0.5, dtype=torch.float64)
+    assert torch.isnan(delta_roughness(flat, per_example=True)).all()
+    with pytest.raises(ConfigError):
+        delta_roughness(smooth[:2])

@@ -53,6 +53,8 @@ __all__ = [
     "influence_scores",
     "influence_vectors",
     "plot_influence_histogram",
+    "self_influence",
+    "delta_roughness",
 ]
 
 _MAX_POOL = 1024  # largest candidate pool of the float32 passes
@@ -272,6 +274,42 @@ def influence_vectors(history, lag: int = 1) -> tuple[torch.Tensor, torch.Tensor
     dst = torch.cat([f[2:] - f[1:-1], f[-1:]], 0)  # [K-1, N, C]: ∂f_1 .. ∂f_{K-2}, f_{K-1}
     return (src.permute(1, 0, 2).reshape(n, -1).contiguous(),
             dst.permute(1, 0, 2).reshape(n, -1).contiguous())
+
+
+def self_influence(history) -> torch.Tensor:
+    """``Influence(u_j, u_j) = ||mu_j^(0,K-2) - mu_j^(1,K-1)||^2`` (Sec. 5.3's equation with
+    ``i = j``), float64 ``[N]``.
+
+    It is the influence an exact duplicate of ``u_j`` (a neighbour that changes in the same records)
+    exerts on ``u_j``; only a neighbour that repeats ``u_j``'s changes one record later, the
+    propagation Sec. 5.3 looks for, scores lower. When the poisons' self-influence exceeds the clean
+    examples' low percentiles of :func:`influence_scores`, near-duplicate poisons rank as suspicious
+    only through such a lagged neighbour. It equals ``sum_t ||∂f_t - ∂f_{t+1}||^2 + ||f_{K-2} - f_{K-1}||^2``: about 0 for
+    smooth training dynamics (consecutive per-record changes alike, Carlini's regime of one record per
+    1,024-step epoch of an EMA model), about twice the delta energy when the records are noise."""
+    a, b = influence_vectors(history, lag=1)
+    return (a - b).square().sum(1)
+
+
+def delta_roughness(history, per_example: bool = False) -> Union[float, torch.Tensor]:
+    """How noisy the recorded prediction changes are: ``R = sum ||∂f_t - ∂f_{t+1}||^2 / sum ||∂f_t||^2``
+    (``t`` over the records, ``∂f_t = f_{t+1} - f_t`` as in Sec. 5.3).
+
+    ``R`` is near 0 when consecutive changes are alike (smooth dynamics, in which Sec. 5.3's one-record
+    lag can match ``u_i``'s change with ``u_j``'s next one), about 2 for a random walk and 3 for white
+    noise around a fixed prediction. Pooled over all examples (a float; examples that barely move weigh
+    little) unless ``per_example`` (float64 ``[N]``, NaN where an example never changes). Needs 3 records.
+    """
+    f = _as_history(history).double()
+    if f.shape[0] < 3:
+        raise ConfigError(f"delta_roughness needs at least 3 records, got {f.shape[0]}.")
+    d = f[1:] - f[:-1]
+    energy = d.square().sum((0, 2))
+    rough = (d[1:] - d[:-1]).square().sum((0, 2))
+    if per_example:
+        return torch.where(energy > 0, rough / energy.clamp_min(1e-300), torch.full_like(energy, float("nan")))
+    total = float(energy.sum())
+    return float(rough.sum()) / total if total > 0 else float("nan")
 
 
 def _rounding_bound(dtype: torch.dtype, dim: int, a_norm: torch.Tensor,

@@ -14,7 +14,9 @@ Stages, cached under ``ctx.stage_dir``:
 ``defense_info`` holds the detection metrics against the poison mask (AUROC, precision, recall and
 FPR of the cut), whether every poison ranks below the 5th percentile of the clean influence scores
 (Sec. 5.3: "perfectly separates"), summary statistics of both groups, the recording model's test
-metrics and the path of the Fig. 7 histogram. For an attacked split it also records how far the
+metrics and the path of the Fig. 7 histogram. :func:`dynamics_diagnostics` adds whether the recording
+suits the one-record lag at all (pooled roughness ``R`` of the prediction changes, with a warning above
+1, and the poisons' self-influence against the clean cut). For an attacked split it also records how far the
 attacker's label spread along the poisons in the recording run (``poison_target_share``: the share of
 poisons whose last recorded prediction is the attack's target; Carlini Sec. 3.3 / 4.4, the label
 "propagates only part of the way" when the attack gets stuck), so a failed attack can be told
@@ -42,7 +44,10 @@ from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import detection_metrics
 from lightning_ssl_backdoor.pipeline.defense_stage import DataDefense, DefenseContext, register_defense
 
-__all__ = ["InfluenceDefense", "filter_unlabeled", "detection_info", "poison_mask_of", "separation_stats"]
+__all__ = [
+    "InfluenceDefense", "filter_unlabeled", "detection_info", "dynamics_diagnostics", "poison_mask_of",
+    "separation_stats",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +127,41 @@ def separation_stats(influence: torch.Tensor, poison: torch.Tensor, percentile: 
         out["worst_poison_rank"] = int(ranks[pm].max())
     else:
         out["all_poisons_below_percentile"] = None
+    return out
+
+
+def dynamics_diagnostics(history: torch.Tensor, influence: torch.Tensor, poison: torch.Tensor,
+                         percentile: float = 5.0) -> dict[str, Any]:
+    """Whether the recording suits Sec. 5.3's one-record lag, with a warning when it does not.
+
+    ``delta_roughness`` (pooled ``R``, see :func:`~lightning_ssl_backdoor.defenses.influence.delta_roughness`)
+    needs no ground truth: above 1, consecutive per-record changes are mostly noise, so matching
+    ``u_i``'s change with ``u_j``'s next one compares noise with noise. Against the poison mask, the
+    poisons' :func:`~lightning_ssl_backdoor.defenses.influence.self_influence` (what an exact duplicate
+    would score) is compared with the clean ``percentile``: when it is higher, a poison ranks below the
+    cut only through a neighbour that repeats its changes one record later."""
+    import warnings
+
+    from lightning_ssl_backdoor.defenses.influence import delta_roughness, self_influence
+
+    out: dict[str, Any] = {}
+    if history.shape[0] >= 3:
+        r = delta_roughness(history)
+        out["delta_roughness"] = _clean_float(r)
+        if math.isfinite(r) and r > 1.0:
+            warnings.warn(
+                f"the recorded prediction changes are noise-dominated (roughness R = {r:.2f}; smooth dynamics "
+                "give R near 0, a random walk 2): Sec. 5.3's one-record lag then matches noise with noise, and "
+                "the lowest influence goes to examples that stop changing early rather than to examples that "
+                "follow one another. Carlini records one EMA model per 1,024-step epoch; cross-check with lag: 0 "
+                "or defense: clustering.", RuntimeWarning, stacklevel=2)
+    pm = poison.detach().cpu().bool()
+    if bool(pm.any()) and bool((~pm).any()):
+        si = self_influence(history).cpu()
+        cut = float(np.percentile(influence.detach().double().cpu().numpy()[~pm.numpy()], percentile))
+        out.update(poison_self_influence_median=float(si[pm].median()),
+                   poison_self_influence_min=float(si[pm].min()),
+                   poisons_self_below_percentile=float((si[pm] < cut).double().mean()))
     return out
 
 
@@ -267,6 +307,7 @@ class InfluenceDefense(DataDefense):
             record={"steps": rec.get("steps"), "test": rec.get("test", {}),
                     "folder": str(Path(ctx.stage_dir) / "record")},
         )
+        info.update(dynamics_diagnostics(history, influence, poison, self.percentile))
         target = getattr(split, "target", None)
         if target is not None and bool(poison.any()):
             last = history[-1].argmax(-1)[poison]
