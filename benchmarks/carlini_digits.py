@@ -70,6 +70,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry["recording_run_targeted"] = [
                 (i.get("record") or {}).get("test", {}).get("targeted_ema") for i in infos]
             entry["poison_target_share"] = [i.get("poison_target_share") for i in infos]
+            # does the recording suit the one-record lag? (influence_defense.dynamics_diagnostics)
+            entry["delta_roughness"] = [i.get("delta_roughness") for i in infos]
+            entry["poison_self_influence_median"] = [i.get("poison_self_influence_median") for i in infos]
+            entry["poisons_self_below_p5"] = [i.get("poisons_self_below_percentile") for i in infos]
             entry["histograms"] = [i.get("histogram") for i in infos]
         if name == "clustering":
             entry["flagged_cluster_sizes"] = [i.get("flagged_cluster_sizes") for i in infos]
@@ -170,6 +174,16 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             f"share of the path labelled with the attacker's class at the end of the recording run "
             f"(the undefended training plus a recorder) = {inf.get('poison_target_share')}.",
         ]
+        if any(v is not None for v in inf.get("delta_roughness") or []):
+            r3 = [None if v is None else round(v, 2) for v in inf["delta_roughness"]]
+            si = [None if v is None else round(v, 3) for v in inf["poison_self_influence_median"]]
+            lines += [
+                "",
+                f"Why (see `carlini_influence_regimes.md`): roughness R of the recorded prediction changes = {r3} "
+                "(0 = smooth drift, 2 = random walk, 3 = white noise); the poisons' median self-influence "
+                f"(what an exact duplicate scores) = {si}; share of poisons whose self-influence is below the "
+                f"clean 5th percentile = {inf['poisons_self_below_p5']}.",
+            ]
     clu = summary.get("clustering")
     if clu:
         lines += ["", f"Clustering (Sec. 5.2), removed cluster sizes per seed: {clu['flagged_cluster_sizes']}."]
