@@ -71,15 +71,11 @@ def _score(history, poison, stride: int, every: int) -> dict[str, Any]:
                             "poisons_below_p5": float((inf[pm] < cut).mean()),
                             "poison_median": float(np.median(inf[pm]))}
     si = self_influence(h).numpy()
-    rough = delta_roughness(h, per_example=True).numpy()
-    d = (h[1:] - h[:-1]).double()
-    energy = d.square().sum((0, 2)).numpy()
     out["poison_self_influence_median"] = float(np.median(si[pm]))
     out["poison_self_influence_min"] = float(si[pm].min())
     out["poisons_self_below_clean_p5"] = float((si[pm] < out["lag1"]["clean_p5"]).mean())
-    for name, sel in (("poison", pm), ("clean", ~pm)):
-        ok = np.isfinite(rough[sel])
-        out[f"roughness_{name}"] = float((rough[sel][ok] * energy[sel][ok]).sum() / max(energy[sel][ok].sum(), 1e-300))
+    out["roughness_poison"] = delta_roughness(h[:, poison])
+    out["roughness_clean"] = delta_roughness(h[:, ~poison])
     return out
 
 
