@@ -37,7 +37,6 @@ is left as is.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import sys
 import time
@@ -45,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from lightning_ssl_backdoor.errors import ConfigError, SSLBackdoorError
+from lightning_ssl_backdoor.errors import ConfigError
 
 
 @dataclass
@@ -107,14 +106,11 @@ def build_attack_from_spec(spec: Dict[str, Any], progress: bool = True):
         if spec:
             raise ConfigError(f"attack with class_path takes only init_args, got extra keys {sorted(spec)}.")
         if "." in path:
-            mod, _, cls_name = path.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(mod), cls_name)
-            except (ImportError, AttributeError):
-                raise ConfigError(f"attack class_path '{path}' cannot be imported; check the module and class name.") from None
-            if not (isinstance(cls, type) and issubclass(cls, Attack)):
-                raise ConfigError(f"attack class_path '{path}' is not an Attack subclass.")
-            name = cls.name
+            from lightning_ssl_backdoor.attacks import ATTACKS
+            from lightning_ssl_backdoor.names import resolve
+
+            name = resolve(path, {f"{c.__module__}.{c.__qualname__}": c for c in ATTACKS.values()},
+                           "attack class_path", Attack).name
         else:
             name = attack_class(path).name
     else:
@@ -195,8 +191,7 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
         _log(f"{out} already holds this config (hash {key}); nothing to do")
         return out
     root = Path(work_dir) if work_dir else out.parent / f".{out.stem}.work"
-    work = root / key
-    work.mkdir(parents=True, exist_ok=True)
+    work = root / key  # created only when something is saved in it (no empty folder on failure)
     # the surrogate depends only on the data and its own settings: shared by every attack config
     sur_ckpt = root / f"surrogate_{_hash({'data': run['data'], 'surrogate': sur})}.safetensors"
     t0 = time.time()
@@ -218,28 +213,24 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
 
 
 def poison_main(argv: list[str]) -> int:
-    """Entry point of ``ssl-backdoor poison``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
-    from jsonargparse import ArgumentError
+    """Entry point of ``ssl-backdoor poison``; returns the exit code (0 ok, 2 bad input, 1 fault at
+    run time, 130 interrupted): errors become one sentence through ``error_boundary.guarded``."""
+    from lightning_ssl_backdoor.error_boundary import guarded
+
+    return guarded("poison", lambda: _poison(argv))
+
+
+def _poison(argv: list[str]) -> int:
+    from lightning_ssl_backdoor.io_lock import locked_output
 
     parser = make_parser()
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         return 0
-    try:
-        cfg = parser.parse_args(list(argv))
-    except (ArgumentError, SystemExit) as e:  # jsonargparse reports bad configs either way
-        msg = str(e) if isinstance(e, ArgumentError) else "invalid arguments"
-        print(f"error: {msg.splitlines()[0] if msg else 'invalid arguments'}", file=sys.stderr)
-        return 2
-    try:
-        data = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**dict(cfg.data))
-        sur = cfg.surrogate if isinstance(cfg.surrogate, SurrogateConfig) else SurrogateConfig(**dict(cfg.surrogate))
-        attack = dict(cfg.attack) if cfg.attack is not None else {}
+    cfg = parser.parse_args(list(argv))
+    data = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**dict(cfg.data))
+    sur = cfg.surrogate if isinstance(cfg.surrogate, SurrogateConfig) else SurrogateConfig(**dict(cfg.surrogate))
+    attack = dict(cfg.attack) if cfg.attack is not None else {}
+    with locked_output(Path(cfg.output) if str(cfg.output or '').endswith('.npz') else None):
         run_poison(data, attack, sur, cfg.output, cfg.work_dir, bool(cfg.progress))
-    except SSLBackdoorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the checkpoints.", file=sys.stderr)
-        return 130
     return 0

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lightning_ssl_backdoor.data.artifacts import atomic_write
 from lightning_ssl_backdoor.data.imageset import ImageSet
-from lightning_ssl_backdoor.errors import ArtifactError, ConfigError
+from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, malformed
 
 SURROGATE_FORMAT = "lightning_ssl_backdoor.surrogate"
 
@@ -141,8 +141,9 @@ def load_surrogate(path: str | Path, device: Optional[str] = None):
         raise ArtifactError(f"{path} is not a readable safetensors checkpoint ({e}).") from None
     if meta.get("format") != SURROGATE_FORMAT:
         raise ArtifactError(f"{path} is not a surrogate checkpoint written by save_surrogate.")
-    cfg = json.loads(meta["config"])
-    model = _build(cfg["arch"], int(cfg["num_classes"]), int(cfg["in_channels"]), dict(cfg.get("model_kwargs", {})))
+    with malformed(path, "surrogate checkpoint"):  # e.g. no 'config' entry in its metadata
+        cfg = json.loads(meta["config"])
+        model = _build(cfg["arch"], int(cfg["num_classes"]), int(cfg["in_channels"]), dict(cfg.get("model_kwargs", {})))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -63,6 +63,9 @@ class Runner:
 
     def __init__(self, cfg: ExperimentConfig, output: Path, progress: bool = True) -> None:
         cfg.validate()
+        from lightning_ssl_backdoor.pipeline.checks import check_experiment
+
+        check_experiment(cfg)
         self.cfg, self.output, self.progress = cfg, output, progress
         self.cache = output / "cache"
         self._splits: dict[int, SSLSplit] = {}
@@ -301,6 +304,7 @@ def experiment_main(argv: list[str]) -> int:
     parser = ArgumentParser(
         prog="ssl-backdoor experiment",
         description="Run attack -> defense -> SSL training -> evaluation and write the report.",
+        exit_on_error=False,
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="experiment YAML")
     parser.add_class_arguments(ExperimentConfig, None, fail_untyped=False)
@@ -312,11 +316,14 @@ def experiment_main(argv: list[str]) -> int:
         torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    runner = Runner(cfg, output, progress=not ns.no_progress)
-    rows = runner.run(ns.only)
+    from lightning_ssl_backdoor.io_lock import locked_output
+    from lightning_ssl_backdoor.pipeline.results_merge import grid_keys, merge_rows
     from lightning_ssl_backdoor.report.tables import write_report
 
-    paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
+    with locked_output(output):  # one run per output folder
+        runner = Runner(cfg, output, progress=not ns.no_progress)
+        rows = merge_rows(output, cfg, grid_keys(runner.rows()), runner.run(ns.only))
+        paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
     print(paths["table"])
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")
     return 0
@@ -347,5 +354,7 @@ def _spec(x: Any) -> Spec:
         return Spec(name=x)
     if isinstance(x, dict):
         x = {k: v for k, v in x.items() if k != "class_path"}
+        if not isinstance(x.get("name"), str):
+            raise ConfigError(f"component {x!r} needs a name; write {{name: ..., init_args: {{...}}}}.")
         return Spec(name=x["name"], init_args=dict(x.get("init_args") or {}), label=x.get("label"))
     raise ConfigError(f"cannot read {x!r} as a component; write a name or {{name: ..., init_args: {{...}}}}.")

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, fit_resumable
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.errors import ConfigError
@@ -18,22 +19,11 @@ from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConf
 
 
 def resolve_algorithm(name: str):
-    """An algorithm name from ``ssl.ALGORITHMS`` or a dotted class path."""
+    """An algorithm name from ``ssl.ALGORITHMS`` (or an SSLModule class of this package; see ``names``)."""
     from lightning_ssl_backdoor import ssl
+    from lightning_ssl_backdoor.names import resolve
 
-    if name in ssl.ALGORITHMS:
-        return ssl.ALGORITHMS[name]
-    if "." in name:
-        import importlib
-
-        mod, _, cls = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError):
-            raise ConfigError(f"cannot import algorithm class {name!r}.") from None
-    raise ConfigError(
-        f"unknown algorithm {name!r}; choose one of {sorted(ssl.ALGORITHMS)} or give a class path."
-    )
+    return resolve(name, ssl.ALGORITHMS, "algorithm", ssl.SSLModule)
 
 
 class MetricHistory(Callback):
@@ -117,10 +107,10 @@ def train_row(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(workdir),
+        plugins=[AtomicCheckpointIO()],
     )
-    last = ckpt_dir / "last.ckpt"
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    fit_resumable(trainer, module, dm, ckpt_dir)  # resumes from the newest complete checkpoint
     fit_seconds = time.perf_counter() - t0
     tested = trainer.test(module, datamodule=dm, verbose=False)[0]
     metrics = {k.split("/", 1)[1]: float(v) for k, v in tested.items() if k.startswith("test/")}
