@@ -27,7 +27,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from lightning_ssl_backdoor import faults
 from lightning_ssl_backdoor.errors import CheckpointError
@@ -140,6 +140,30 @@ def resume_checkpoint(ckpt_dir: Path, name: str = "last.ckpt") -> Optional[Path]
     return None
 
 
+class ValidatedCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose step checkpoints wait for the validation of the same step.
+
+    Lightning saves ``every_n_train_steps`` checkpoints at the end of the training step, before that
+    step's validation, and a run resumed from such a checkpoint skips that validation: a run killed
+    during validation would lose the point from its curve. At a step that validates, this callback
+    saves after the validation instead (Lightning's own deferred save), so every resume point is
+    either between validations or after one.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and _validates_at(trainer, trainer.global_step):
+            self._defer_save_until_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def _validates_at(trainer: pl.Trainer, step: int) -> bool:
+    interval = trainer.val_check_interval
+    return (trainer.check_val_every_n_epoch is None and isinstance(interval, int) and interval > 0
+            and step % interval == 0 and trainer.limit_val_batches != 0)
+
+
 class _Interrupted(Exception):
     """Raised inside ``trainer.fit`` after the interrupt checkpoint was written (Lightning re-raises it)."""
 
@@ -193,6 +217,30 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
 LAST_INTERRUPT_CHECKPOINT: Optional[Path] = None
 
 
+def _remove_logs_of_failed_start(trainer: pl.Trainer, ckpt_dir: Path) -> None:
+    """A fit that failed before its first checkpoint leaves nothing to resume: delete the log folders
+    it created inside its run folder (``ckpt_dir``'s parent), so a failed start leaves no ``tb/``."""
+    import shutil
+
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        return
+    run = ckpt_dir.parent.resolve()
+    for logger in trainer.loggers:
+        log_dir = getattr(logger, "log_dir", None)
+        if not log_dir:
+            continue
+        folder = Path(log_dir).resolve()
+        if run in folder.parents:
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in folder.parents:  # the now empty tb/ above version_0, up to the run folder
+                if parent == run or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+    for folder in (ckpt_dir, run):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def fit_resumable(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, ckpt_dir: Optional[Path],
                   ckpt_path: Optional[str] = None) -> None:
     """``trainer.fit`` from ``ckpt_path``, else from the newest complete checkpoint in ``ckpt_dir``.
@@ -218,6 +266,10 @@ def fit_resumable(trainer: pl.Trainer, module: pl.LightningModule, datamodule: A
         if guard.requested or trainer.state.status == "interrupted":
             raise KeyboardInterrupt from None
         raise e
+    except Exception:
+        if ckpt_dir is not None:
+            _remove_logs_of_failed_start(trainer, Path(ckpt_dir))
+        raise
     finally:
         guard.uninstall()
         trainer.callbacks.remove(guard)

@@ -21,7 +21,7 @@ import lightning_ssl_backdoor.pipeline.training as training
 from lightning_ssl_backdoor import checkpoint_io, faults
 from lightning_ssl_backdoor.attacks import build_attack
 from lightning_ssl_backdoor.attacks.cli import poison_main
-from lightning_ssl_backdoor.attacks.io import load_poisoned_split, save_poisoned_split
+from lightning_ssl_backdoor.attacks.io import save_poisoned_split
 from lightning_ssl_backdoor.cli import main
 from lightning_ssl_backdoor.data.artifacts import MANIFEST_MEMBER, load_arrays, save_arrays
 from lightning_ssl_backdoor.data.imageset import ImageSet
@@ -120,7 +120,7 @@ def test_lightning_cli_gives_no_args_warning(tmp_path, monkeypatch, recwarn):
 
 # ------------------------------------------------------------------- data (3, 4, 7, 8)
 @pytest.fixture(scope="module")
-def artifact8(tmp_path_factory, digits8=None):
+def artifact8(tmp_path_factory):
     from lightning_ssl_backdoor.data.readers import load_dataset
 
     train, test = load_dataset("digits", "train", image_size=8), load_dataset("digits", "test", image_size=8)
@@ -408,3 +408,12 @@ def test_only_merges_into_results_json(tmp_path):
     assert [r["seed"] for r in json.loads((out / "results.json").read_text())["rows"]] == [1]
     assert main(["experiment", "-c", cfg, "--output", str(out), "--only", "[0]", "--no_progress", "true"]) == 0
     assert [r["seed"] for r in json.loads((out / "results.json").read_text())["rows"]] == [0, 1]
+
+
+def test_failed_start_leaves_no_tb_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    algo = "[{name: fixmatch, init_args: {threshold: 0.5}}]"
+    assert main(["experiment", "-c", _cfg(tmp_path), "--output", str(out), "--data.mu", "0",
+                 "--algorithms", algo, "--no_progress", "true"]) == 2
+    assert "data.mu >= 1" in _one_error(capsys)
+    assert not list(out.rglob("tb")) and not list(out.glob("cache/train-*"))

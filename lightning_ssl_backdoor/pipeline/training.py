@@ -9,12 +9,11 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 
-from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, fit_resumable
+from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, ValidatedCheckpoint, fit_resumable
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
-from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
 
 
@@ -83,7 +82,7 @@ def train_row(
     module = cls(num_classes=dm.num_classes, in_channels=dm.in_channels, **kwargs)
     ckpt_dir = workdir / "checkpoints"
     history = MetricHistory(workdir / "history.json")
-    checkpoint = ModelCheckpoint(
+    checkpoint = ValidatedCheckpoint(  # at a validation step, saved after the validation
         dirpath=ckpt_dir,
         filename="step{step}",
         save_last=True,
