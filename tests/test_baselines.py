@@ -332,3 +332,22 @@ def test_activation_clustering_auroc(setting, ctx):
     res = ActivationClustering().detect(setting.model, ctx.split.unlabeled.images)
     assert auroc(res.scores, setting.poison_mask) >= 0.9
     assert setting.poison_mask[res.flagged].float().mean() > 0.9  # what it flags are poisons
+
+
+def test_cores_run_on_a_wide_resnet():
+    """The paper models' shape (WRN: LeakyReLU, residual groups): per-sample gradients, FP, NAD, MCR."""
+    from lightning_ssl_backdoor.models import wide_resnet
+
+    torch.manual_seed(0)
+    model = wide_resnet(depth=10, widen_factor=1, num_classes=4).eval()
+    x, y = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), torch.arange(8) % 4
+    grads = per_sample_gradients(model, F.cross_entropy, x[:2].float() / 255, y[:2])
+    model.zero_grad()
+    F.cross_entropy(model(x[1:2].float() / 255), y[1:2]).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n][1], p.grad, atol=1e-5)
+    pruned, info = fine_prune(model, x, y, prune_ratio=0.5, ft_steps=1)
+    assert info["pruned_channels"] == model.feature_dim // 2
+    assert (pruned.head.weight[:, info["pruned"]] == 0).all()
+    assert nad_distill(model, x, y, teacher_steps=1, student_steps=1)(x.float() / 255).shape == (8, 4)
+    assert mcr_repair(model, x, y, curve_steps=1, endpoint_steps=1)(x.float() / 255).shape == (8, 4)
