@@ -10,6 +10,7 @@ from lightning_ssl_backdoor.ssl.fixmatch import FixMatch
 from lightning_ssl_backdoor.ssl.flexmatch import FlexMatch
 from lightning_ssl_backdoor.ssl.mean_teacher import MeanTeacher
 from lightning_ssl_backdoor.ssl.mixmatch import MixMatch
+from lightning_ssl_backdoor.ssl.oracle import FixMatchOracle
 from lightning_ssl_backdoor.ssl.pi_model import PiModel
 from lightning_ssl_backdoor.ssl.pseudo_label import PseudoLabel
 from lightning_ssl_backdoor.ssl.supervised import Supervised
@@ -26,11 +27,24 @@ ALGORITHMS = {
     "mixmatch": MixMatch,
     "uda": UDA,
     "flexmatch": FlexMatch,
+    "fixmatch_oracle": FixMatchOracle,
 }
+
+
+
+def resolve_algorithm(name: str) -> type[SSLModule]:
+    """An algorithm name from :data:`ALGORITHMS`, or an SSLModule subclass of this package by its
+    dotted path (classes defenses derive, such as ``PurifiedFixMatch``); nothing outside the package
+    is imported because a config named it (see :mod:`lightning_ssl_backdoor.names`)."""
+    from lightning_ssl_backdoor.names import resolve
+
+    return resolve(name, ALGORITHMS, "algorithm", SSLModule)
+
 
 __all__ = [
     "ALGORITHMS",
     "FixMatch",
+    "FixMatchOracle",
     "FlexMatch",
     "MeanTeacher",
     "MixMatch",
@@ -40,4 +54,5 @@ __all__ = [
     "Supervised",
     "UDA",
     "VAT",
+    "resolve_algorithm",
 ]
