@@ -33,6 +33,7 @@ from lightning_ssl_backdoor.defenses.influence import (
 from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
 from lightning_ssl_backdoor.defenses.invalidator import Invalidator
 from lightning_ssl_backdoor.defenses.knn import chunked_knn, mean_knn_sqdist, pair_dots
+from lightning_ssl_backdoor.defenses.repair import REPAIR_DEFENSES
 
 __all__ = [
     "ClusteringDefense",
@@ -46,6 +47,7 @@ __all__ = [
     "InfluenceDefense",
     "Invalidator",
     "ModelDefense",
+    "REPAIR_DEFENSES",
     "TrainedModel",
     "TrainingDynamicsRecorder",
     "build_defense",

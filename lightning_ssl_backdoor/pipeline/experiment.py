@@ -22,9 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_ssl_backdoor import __version__
-from lightning_ssl_backdoor.data import SSLSplit, make_split
+from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.artifacts import sha256_array
 from lightning_ssl_backdoor.data.readers import load_dataset
+from lightning_ssl_backdoor.data.subset import subset_split
 from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
@@ -41,8 +42,6 @@ __all__ = ["Runner", "config_from_dict", "data_hashes", "experiment_main", "load
 
 def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
     d = cfg.data
-    from lightning_ssl_backdoor.data.subset import subset_split
-
     train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
     test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
     return subset_split(
