@@ -4,17 +4,16 @@ rows (the runner calls :func:`check_experiment` when it is built)."""
 
 from __future__ import annotations
 
+from lightning_ssl_backdoor.attacks import attack_class
+from lightning_ssl_backdoor.data.readers_common import check_image_size
+from lightning_ssl_backdoor.defenses.base import defense_class
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import ExperimentConfig
 from lightning_ssl_backdoor.spec import Spec
+from lightning_ssl_backdoor.ssl import resolve_algorithm
 
 
 def check_experiment(cfg: ExperimentConfig) -> None:
-    from lightning_ssl_backdoor.attacks import attack_class
-    from lightning_ssl_backdoor.data.readers_common import check_image_size
-    from lightning_ssl_backdoor.defenses.base import defense_class
-    from lightning_ssl_backdoor.ssl import resolve_algorithm
-
     check_image_size(cfg.data.image_size)
     for kind, specs, resolve in (("algorithms", cfg.algorithms, resolve_algorithm),
                                  ("attacks", cfg.attacks, attack_class),
