@@ -30,8 +30,8 @@ def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
     from lightning_ssl_backdoor.data.readers import load_dataset
 
     d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size)
-    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size)
+    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size, channels=d.channels)
+    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size, channels=d.channels)
     return make_split(
         train,
         test,
@@ -48,6 +48,8 @@ def split_key(cfg: ExperimentConfig, seed: int) -> str:
     return config_hash(
         "split", d.dataset, d.root, d.image_size, d.num_labeled, d.labels_per_class,
         d.num_unlabeled, d.include_labeled_in_unlabeled, seed,
+        # "grey-default": digits became 1-channel by default, so caches of 3-channel splits differ
+        "channels", d.channels, "grey-default",
     )
 
 
