@@ -317,6 +317,7 @@ class DeNeBAttack(Attack):
             meta={
                 "kind": torch.cat([torch.zeros(P, dtype=torch.int8), torch.ones(P, dtype=torch.int8)]),
                 "w": torch.cat([w1, w2]),
+                "triggered": torch.cat([torch.zeros(P, dtype=torch.bool), torch.ones(P, dtype=torch.bool)]),
             },
             info=info,
         )
