@@ -242,7 +242,7 @@ def test_clustering_finds_a_planted_grey_cluster():
 
 def test_influence_from_a_grey_training_run(grey_split, tmp_path):
     from lightning_ssl_backdoor.defenses import influence_detect
-    from lightning_ssl_backdoor.pipeline.dynamics import TrainingDynamicsRecorder
+    from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
     from lightning_ssl_backdoor.ssl import FixMatch
 
     torch.manual_seed(0)
