@@ -23,6 +23,7 @@ from lightning_ssl_backdoor.data import SSLSplit, make_split
 from lightning_ssl_backdoor.data.artifacts import sha256_array
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import DataConfig, ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
 from lightning_ssl_backdoor.pipeline.training import train_row
 
 
@@ -86,7 +87,7 @@ class Runner:
             progress=self.progress,
         )
         grid = self.output / f"examples_{_slug(attack.display)}.png"
-        if not grid.is_file():
+        if not grid.is_file() and is_global_zero():
             from lightning_ssl_backdoor.report.figures import example_grid
 
             example_grid(split, grid)
@@ -209,12 +210,13 @@ class Runner:
         from tqdm.auto import tqdm
 
         out = []
-        bar = tqdm(chosen, desc="experiment rows", disable=not self.progress, file=sys.stderr)
+        bar = tqdm(chosen, desc="experiment rows", disable=not (self.progress and is_global_zero()), file=sys.stderr)
         for i in bar:
             t0 = time.perf_counter()
             row = self.run_row(*rows[i])
             out.append(row)
-            _summary(i, len(rows), row, time.perf_counter() - t0)
+            if is_global_zero():  # under DDP every rank runs the rows; rank 0 speaks
+                _summary(i, len(rows), row, time.perf_counter() - t0)
         return out
 
     def _run_parallel(self, rows, chosen: list[int]) -> list[dict[str, Any]]:
@@ -235,7 +237,13 @@ class Runner:
                    disable=not self.progress, file=sys.stderr)
         # defended rows (usually the longest) start first, so the workers tend to finish together
         order = sorted(chosen, key=lambda i: (rows[i][2] is None, rows[i][1] is None))
-        pool = mp.get_context("spawn").Pool(min(self.cfg.jobs, len(chosen)), maxtasksperchild=1)
+        ctx = mp.get_context("spawn")
+        jobs = min(self.cfg.jobs, len(chosen))
+        slots = ctx.Queue()  # worker slot i trains on GPU i mod N (distributed.worker_gpu)
+        for slot in range(jobs):
+            slots.put(slot)
+        pool = ctx.Pool(jobs, initializer=init_worker, initargs=(slots, torch.cuda.device_count()),
+                        maxtasksperchild=1)
         try:
             tasks = [(self.cfg, str(self.output), i) for i in order]
             for i, row, seconds in pool.imap_unordered(_row_task, tasks):
@@ -257,13 +265,19 @@ def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
 
     tqdm.write(
         f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
-        f"seed={row['seed']}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({seconds:.0f} s)",
+        f"seed={row['seed']}: CA {_pct(row['clean_accuracy'])}  ASR {_pct(row['asr'])}  ({seconds:.0f} s)",
         file=sys.stderr,
     )
 
 
+def _pct(value: Optional[float]) -> str:
+    """A percentage for the console: "n/a" where the row has none (ASR of a clean row)."""
+    return "n/a" if value is None else f"{value}%"
+
+
 def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
-    """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads."""
+    """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads,
+    GPU ``slot mod N`` when the machine has N GPUs."""
     import logging
 
     from lightning_ssl_backdoor.utils import quiet_lightning
@@ -273,9 +287,10 @@ def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, A
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ..." once per row is noise
     torch.set_num_threads(int(cfg.threads or 1))
-    runner = Runner(cfg, Path(output), progress=False)
-    t0 = time.perf_counter()
-    row = runner.run_row(*runner.rows()[index])
+    with gpu_slot():
+        runner = Runner(cfg, Path(output), progress=False)
+        t0 = time.perf_counter()
+        row = runner.run_row(*runner.rows()[index])
     return index, row, time.perf_counter() - t0
 
 
@@ -314,6 +329,8 @@ def experiment_main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     runner = Runner(cfg, output, progress=not ns.no_progress)
     rows = runner.run(ns.only)
+    if not is_global_zero():  # DDP: the other ranks trained with rank 0; rank 0 alone reports
+        return 0
     from lightning_ssl_backdoor.report.tables import write_report
 
     paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
