@@ -142,8 +142,14 @@ class Runner:
         if defense is not None:
             from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
 
+            run = self.tensorboard_run(algorithm, attack, defense, seed)
+
+            def train_named(*args, **kwargs):  # each model a defense trains: a run under the row's name
+                stage = Path(args[6] if len(args) > 6 else kwargs["workdir"]).name
+                return train_row(*args, **kwargs, tensorboard=(run[0], f"{run[1]}/{stage}"))
+
             ctx = DefenseContext(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
-                                 self.cache / f"defense-{tkey}", progress=self.progress)
+                                 self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named)
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"
@@ -155,8 +161,16 @@ class Runner:
         res = train_row(
             split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,
             workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
+            tensorboard=self.tensorboard_run(algorithm, attack, defense, seed),
         )
         return self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
+
+    def tensorboard_run(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> tuple[Path, str]:
+        """(folder, run name) of a row's TensorBoard run: ``OUTPUT/tensorboard/<label>/seed<s>``,
+        the label being algorithm__attack__defense (``tensorboard --logdir OUTPUT/tensorboard``)."""
+        label = "__".join(_slug(x) for x in (algorithm.display, attack.display if attack else "no-attack",
+                                              defense.display if defense else "no-defense"))
+        return self.output / "tensorboard", f"{label}/seed{seed}"
 
     def make_row(self, algorithm, attack, defense, seed, split, res, defense_info, tkey) -> dict[str, Any]:
         t = res["test"]

@@ -73,11 +73,14 @@ def train_row(
     workdir: Path,
     enable_progress_bar: bool = True,
     extra_callbacks: Optional[list[Callback]] = None,
+    tensorboard: Optional[tuple[Path, str]] = None,
 ) -> dict[str, Any]:
     """Fit ``algorithm`` on ``split`` in ``workdir`` (resuming from ``last.ckpt``), then test.
 
     Returns the test metrics of the last model (never selected on the test set), the validation
     history over steps and the wall-clock seconds. ``workdir/metrics.json`` marks completion.
+    ``tensorboard``: (folder, run name) of the TensorBoard run (default ``workdir/tb``); the learning
+    rate is logged there (``lr-SGD``) beside the losses.
     """
     done = workdir / "metrics.json"
     if done.is_file():
@@ -100,7 +103,10 @@ def train_row(
         save_top_k=0,
         every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
     )
+    from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.loggers import TensorBoardLogger
+
+    tb_dir, tb_name = tensorboard or (workdir, "tb")
 
     trainer = pl.Trainer(
         max_steps=trainer_cfg.max_steps,
@@ -111,8 +117,8 @@ def train_row(
         strategy=trainer_cfg.strategy,
         precision=trainer_cfg.precision,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
-        logger=TensorBoardLogger(str(workdir), name="tb", version=0),
-        callbacks=[checkpoint, history] + list(extra_callbacks or []),
+        logger=TensorBoardLogger(str(tb_dir), name=tb_name, version="" if tensorboard else 0),
+        callbacks=[checkpoint, history, LearningRateMonitor("step")] + list(extra_callbacks or []),
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
