@@ -9,12 +9,32 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
+
+
+#: the progress bar of a row redraws every this many steps (each redraw reads the shown values:
+#: a host-device synchronisation on a GPU)
+PROGRESS_REFRESH_STEPS = 20
+
+
+class SSLProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn every ``refresh_rate`` steps, showing the module's
+    ``bar_values`` (loss, mask rate) read only when it redraws: values logged with
+    ``prog_bar=True`` would instead be turned into Python numbers after every step (a host-device
+    synchronisation per step on a GPU; ``benchmarks/step_overhead.py`` counts them)."""
+
+    reads_module_values = True
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        out = super().get_metrics(trainer, pl_module)
+        for k, v in getattr(pl_module, "bar_values", {}).items():
+            out[k] = f"{v.item():.3g}" if torch.is_tensor(v) else v
+        return out
 
 
 def resolve_algorithm(name: str):
@@ -118,7 +138,8 @@ def train_row(
         precision=trainer_cfg.precision,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         logger=TensorBoardLogger(str(tb_dir), name=tb_name, version="" if tensorboard else 0),
-        callbacks=[checkpoint, history, LearningRateMonitor("step")] + list(extra_callbacks or []),
+        callbacks=[checkpoint, history, LearningRateMonitor("step")] + list(extra_callbacks or [])
+        + ([SSLProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)] if enable_progress_bar else []),
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
