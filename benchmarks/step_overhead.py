@@ -56,14 +56,14 @@ SETTINGS = [
 MU = 7
 
 
-def make_datamodule(batch: int, seed: int = 0) -> SSLDataModule:
+def make_datamodule(batch: int, seed: int = 0, mu: int = MU, image_size: int = 32, n: int = 1000) -> SSLDataModule:
+    """One seeded split of ``n`` random ``image_size`` x ``image_size`` x 3 images, 10 classes."""
     g = torch.Generator().manual_seed(seed)
-    n = 1000
-    train = ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+    train = ImageSet(torch.randint(0, 256, (n, 3, image_size, image_size), dtype=torch.uint8, generator=g),
                      torch.arange(n) % 10, classes=[str(i) for i in range(10)])
     test = ImageSet(train.images[:100].clone(), train.labels[:100].clone(), classes=train.classes)
     split = make_split(train, test, labels_per_class=10, seed=seed)
-    return SSLDataModule(split=split, batch_size=batch, mu=MU, eval_batch_size=100, seed=seed)
+    return SSLDataModule(split=split, batch_size=batch, mu=mu, eval_batch_size=100, seed=seed)
 
 
 def make_module(model_args: dict, seed: int = 0) -> FixMatch:

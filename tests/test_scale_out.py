@@ -111,3 +111,15 @@ def test_global_zero_from_launcher_variables(monkeypatch, env, zero):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert distributed.is_global_zero() is zero
+
+
+@pytest.mark.parametrize("env,nodes", [({}, 1), ({"SLURM_NTASKS": "8", "SLURM_NNODES": "2"}, 2),
+                                       ({"SLURM_NTASKS": "1", "SLURM_NNODES": "1"}, 1),
+                                       ({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "interactive"}, 1),
+                                       ({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, 2)])
+def test_num_nodes_from_the_launcher(monkeypatch, env, nodes):
+    for key in ("SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.launcher_num_nodes() == nodes

@@ -39,6 +39,19 @@ def is_global_zero() -> bool:
     return global_rank() == 0
 
 
+def launcher_num_nodes() -> int:
+    """The number of nodes of a multi-node launch (``Trainer(num_nodes=...)``, which Lightning checks
+    against the launcher): ``SLURM_NNODES`` in a SLURM job of several tasks (one per GPU),
+    ``WORLD_SIZE / LOCAL_WORLD_SIZE`` under torchrun; 1 otherwise. Taken from the launcher, so it
+    is not part of a row's cache key."""
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_NNODES" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return int(env["SLURM_NNODES"])
+    if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env and "TORCHELASTIC_RUN_ID" in env:
+        return max(1, int(env["WORLD_SIZE"]) // max(1, int(env["LOCAL_WORLD_SIZE"])))
+    return 1
+
+
 def worker_gpu(slot: int, num_gpus: Optional[int] = None, visible: Optional[str] = None) -> Optional[str]:
     """The ``CUDA_VISIBLE_DEVICES`` value for worker ``slot`` (GPU ``slot mod N``), or None without
     GPUs. ``visible``: the parent's ``CUDA_VISIBLE_DEVICES`` (e.g. set by SLURM), whose entries are

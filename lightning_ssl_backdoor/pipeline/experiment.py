@@ -223,6 +223,13 @@ class Runner:
             return self._run_parallel(rows, chosen)
         from tqdm.auto import tqdm
 
+        t = self.cfg.trainer
+        if "ddp" in str(t.strategy) or t.devices not in (1, "1"):
+            # DDP: the shared stages before the first fit, which starts the other ranks (Lightning's
+            # launcher): they then read every attack and surrogate from the cache
+            for i in chosen:
+                self.attacked_split(rows[i][3], rows[i][1])
+                self.model_args(rows[i][3])
         out = []
         bar = tqdm(chosen, desc="experiment rows", disable=not (self.progress and is_global_zero()), file=sys.stderr)
         for i in bar:

@@ -15,6 +15,7 @@ from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.pipeline.distributed import launcher_num_nodes
 
 
 #: the progress bar of a row redraws every this many steps (each redraw reads the shown values:
@@ -134,6 +135,7 @@ def train_row(
         check_val_every_n_epoch=None,
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
+        num_nodes=launcher_num_nodes(),
         strategy=trainer_cfg.strategy,
         precision=trainer_cfg.precision,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
