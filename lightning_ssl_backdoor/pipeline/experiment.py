@@ -23,6 +23,8 @@ from lightning_ssl_backdoor.data import SSLSplit, make_split
 from lightning_ssl_backdoor.data.artifacts import sha256_array
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import DataConfig, ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
+from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
 from lightning_ssl_backdoor.pipeline.training import train_row
 
@@ -31,11 +33,14 @@ def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
     from lightning_ssl_backdoor.data.readers import load_dataset
 
     d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size)
-    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size)
-    return make_split(
+    from lightning_ssl_backdoor.data.subset import subset_split
+
+    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
+    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
+    return subset_split(
         train,
         test,
+        d.subset,
         num_labeled=d.num_labeled,
         labels_per_class=None if d.num_labeled is not None else d.labels_per_class,
         include_labeled_in_unlabeled=d.include_labeled_in_unlabeled,
@@ -49,6 +54,7 @@ def split_key(cfg: ExperimentConfig, seed: int) -> str:
     return config_hash(
         "split", d.dataset, d.root, d.image_size, d.num_labeled, d.labels_per_class,
         d.num_unlabeled, d.include_labeled_in_unlabeled, seed,
+        *([d.subset] if d.subset else []),
     )
 
 
@@ -140,23 +146,19 @@ class Runner:
         tkey = config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
                            asdict(self.cfg.trainer), seed, None if defense is None else asdict(defense))
         if defense is not None:
-            from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
-
             run = self.tensorboard_run(algorithm, attack, defense, seed)
 
             def train_named(*args, **kwargs):  # each model a defense trains: a run under the row's name
                 stage = Path(args[6] if len(args) > 6 else kwargs["workdir"]).name
                 return train_row(*args, **kwargs, tensorboard=(run[0], f"{run[1]}/{stage}"))
 
-            ctx = DefenseContext(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
-                                 self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named)
+            ctx = defense_context(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
+                                  self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named)
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"
         callbacks = []
         if self.cfg.dynamics_every:
-            from lightning_ssl_backdoor.pipeline.dynamics import TrainingDynamicsRecorder
-
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
         res = train_row(
             split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,

@@ -5,11 +5,15 @@ iterative self-training defense of Pal et al. is a driver over several Trainers,
 LightningModule: see :mod:`lightning_ssl_backdoor.ssl.self_training`.
 """
 
+import importlib
+
+from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.ssl.base import SSLModule
 from lightning_ssl_backdoor.ssl.fixmatch import FixMatch
 from lightning_ssl_backdoor.ssl.flexmatch import FlexMatch
 from lightning_ssl_backdoor.ssl.mean_teacher import MeanTeacher
 from lightning_ssl_backdoor.ssl.mixmatch import MixMatch
+from lightning_ssl_backdoor.ssl.oracle import FixMatchOracle
 from lightning_ssl_backdoor.ssl.pi_model import PiModel
 from lightning_ssl_backdoor.ssl.pseudo_label import PseudoLabel
 from lightning_ssl_backdoor.ssl.supervised import Supervised
@@ -26,11 +30,28 @@ ALGORITHMS = {
     "mixmatch": MixMatch,
     "uda": UDA,
     "flexmatch": FlexMatch,
+    "fixmatch_oracle": FixMatchOracle,
 }
+
+
+
+def resolve_algorithm(name: str) -> type[SSLModule]:
+    """An algorithm name from :data:`ALGORITHMS` or a dotted class path (``package.module.Class``)."""
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    if "." in name:
+        mod, _, cls = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError):
+            raise ConfigError(f"cannot import algorithm class {name!r}.") from None
+    raise ConfigError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)} or give a class path.")
+
 
 __all__ = [
     "ALGORITHMS",
     "FixMatch",
+    "FixMatchOracle",
     "FlexMatch",
     "MeanTeacher",
     "MixMatch",
@@ -40,4 +61,5 @@ __all__ = [
     "Supervised",
     "UDA",
     "VAT",
+    "resolve_algorithm",
 ]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.ssl.hijack import HijackDiagnostics
 
 
 def load_initial_weights(model: nn.Module, path: str) -> None:
@@ -56,7 +57,7 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
         raise ArtifactError(f"init_weights: {p} does not fit this model ({detail[0]}).") from None
 
 
-class SSLModule(pl.LightningModule):
+class SSLModule(HijackDiagnostics, pl.LightningModule):
     """Base class. Args are shared by every algorithm.
 
     Args:
@@ -356,6 +357,7 @@ class SSLModule(pl.LightningModule):
             info = (getattr(dm.split, "attack", None) or {}).get("info") or {}
             if info.get("target_image") is not None:
                 self.target_image = int(info["target_image"])
+            self._setup_hijack(dm)
         self._build_eval_metrics()
 
     def _build_eval_metrics(self) -> None:
@@ -408,10 +410,14 @@ class SSLModule(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_train_start(self) -> None:
+        self._hijack_on_train_start()
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
         if self.trainer is not None and not self.trainer.sanity_checking:
             self._flush_backdoor_stats()
+            self._log_hijack()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
@@ -422,11 +428,13 @@ class SSLModule(pl.LightningModule):
     # ------------------------------------------------- checkpoint RNG state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_cpu"] = torch.get_rng_state()
+        checkpoint["hijack_step0"] = getattr(self, "_hijack_step0", None)
         if torch.cuda.is_available():
             checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_rng = (checkpoint.get("rng_cpu"), checkpoint.get("rng_cuda"))
+        self._hijack_step0 = checkpoint.get("hijack_step0")
 
     def _restore_rng_if_resumed(self) -> None:
         """After a resume, restore the RNG state saved with the checkpoint right before the first
