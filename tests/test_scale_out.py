@@ -123,3 +123,11 @@ def test_num_nodes_from_the_launcher(monkeypatch, env, nodes):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert distributed.launcher_num_nodes() == nodes
+
+
+def test_jobs_with_ddp_is_refused(tmp_path):
+    from lightning_ssl_backdoor.errors import ConfigError
+
+    cfg = config_from_dict({**DDP, "jobs": 2})
+    with pytest.raises(ConfigError, match="set jobs: 1"):
+        Runner(cfg, tmp_path, progress=False).run()

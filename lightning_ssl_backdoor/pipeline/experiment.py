@@ -221,12 +221,16 @@ class Runner:
             if bad:
                 raise ConfigError(f"--only {bad} out of range: this grid has rows 0..{len(rows) - 1}.")
         chosen = [i for i in range(len(rows)) if only is None or i in only]
+        t = self.cfg.trainer
+        ddp = _uses_ddp(t)
+        if ddp and self.cfg.jobs > 1:
+            raise ConfigError(f"jobs: {self.cfg.jobs} trains rows side by side, one GPU each; with DDP "
+                              f"(trainer.devices {t.devices!r}, strategy {t.strategy!r}) set jobs: 1.")
         if self.cfg.jobs > 1 and len(chosen) > 1:
             return self._run_parallel(rows, chosen)
         from tqdm.auto import tqdm
 
-        t = self.cfg.trainer
-        if "ddp" in str(t.strategy) or t.devices not in (1, "1"):
+        if ddp:
             # DDP: the shared stages before the first fit, which starts the other ranks (Lightning's
             # launcher): they then read every attack and surrogate from the cache
             for i in chosen:
@@ -291,6 +295,14 @@ def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
         f"seed={row['seed']}: CA {_pct(row['clean_accuracy'])}  ASR {_pct(row['asr'])}  ({seconds:.0f} s)",
         file=sys.stderr,
     )
+
+
+def _uses_ddp(t: TrainerConfig) -> bool:
+    """Whether a row trains over several processes: a ddp strategy, or several devices."""
+    d = t.devices
+    several = (len(d) > 1 if isinstance(d, (list, tuple)) else
+               str(d).strip() == "-1" or (str(d).strip().isdigit() and int(str(d)) > 1))
+    return "ddp" in str(t.strategy) or several
 
 
 def _pct(value: Optional[float]) -> str:
