@@ -261,6 +261,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", choices=["tiny", "wrn", "syncs"], default=None, help="run one part")
     ap.add_argument("--output", default=str(RESULTS / "step_overhead"), help="path stem of the .json / .md")
+    ap.add_argument("--note", default="", help="a sentence about the machine, written into the .md")
     args = ap.parse_args(argv)
     quiet_lightning()
     torch.set_num_threads(args.threads)
@@ -289,6 +290,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                     "lightning": pl.__version__},
         "goal": "lightning / plain <= 1.10",
         "item_calls_per_step": syncs,
+        "note": args.note,
     }
     out = Path(args.output)
     atomic_write_json(out.with_suffix(".json"), result)
@@ -300,7 +302,10 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = ["# Step overhead: Lightning path vs a plain PyTorch loop (FixMatch)", "",
              f"torch {m['torch']}, Lightning {m['lightning']}, {m['cpu_threads_used']} torch thread(s) of "
-             f"{m['cpus_visible']} visible CPUs; GPU: {m['gpu'] or 'none'}. Goal: {result['goal']}.", "",
+             f"{m['cpus_visible']} visible CPUs; GPU: {m['gpu'] or 'none'}. Goal: {result['goal']}.", ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
+    lines += [
              "Times are medians over interleaved rounds, in ms per step; `cpu` is the process's CPU time "
              "(all threads), `wall` the elapsed time; noise = max / min - 1 over the rounds (worst path).", "",
              "| setting | device | clock | plain ms | lightning ms | bare ms | lightning / plain | "
