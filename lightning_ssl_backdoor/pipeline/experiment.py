@@ -311,8 +311,6 @@ def _pct(value: Optional[float]) -> str:
 def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
     """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads,
     GPU ``slot mod N`` when the machine has N GPUs."""
-    import logging
-
     cfg, output, index = task
     quiet_lightning()
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
