@@ -11,7 +11,8 @@
   warning.
 * :func:`fit_resumable` runs ``trainer.fit`` so that Ctrl-C stops at the next step boundary, saves
   ``last.ckpt`` there (an exact resume point) and raises ``KeyboardInterrupt`` (Lightning itself
-  would ``sys.exit(1)``).
+  would ``sys.exit(1)``). Under DDP (several ranks) Ctrl-C keeps Lightning's own handling (no
+  interrupt checkpoint; the periodic ones are the resume points) and still exits 130.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ def resume_checkpoint(ckpt_dir: Path, name: str = "last.ckpt") -> Optional[Path]
         while path.with_name(f"{path.name}.corrupt-{n}").exists():
             n += 1
         aside = path.with_name(f"{path.name}.corrupt-{n}")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another rank of the same run set it aside first
+            continue
         warnings.warn(f"checkpoint {path} is truncated or corrupted; set aside as {aside.name}.", stacklevel=2)
     if any(ckpt_dir.glob(f"{name}*.corrupt-*")):
         warnings.warn(f"no complete checkpoint left in {ckpt_dir}; training starts from step 0.", stacklevel=2)
@@ -256,7 +260,8 @@ def fit_resumable(trainer: pl.Trainer, module: pl.LightningModule, datamodule: A
     guard = GracefulInterrupt(None if ckpt_dir is None else Path(ckpt_dir) / "last.ckpt")
     trainer.callbacks.append(guard)
     trainer.callbacks.extend(faults.training_hooks())
-    guard.install()
+    if trainer.world_size == 1:  # several ranks would reach the step boundary at different steps
+        guard.install()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except _Interrupted:

@@ -22,7 +22,7 @@ from typing import Optional
 
 from lightning_ssl_backdoor.error_boundary import guarded
 
-USAGE = """usage: ssl-backdoor {fit,validate,test,poison,experiment} [-h] [-c CONFIG.yaml ...] [options]
+USAGE = """usage: ssl-backdoor {fit,validate,test,poison,experiment,report} [-h] [-c CONFIG.yaml ...] [options]
 
 Backdoor attacks and defenses in semi-supervised learning.
 
@@ -32,6 +32,7 @@ subcommands:
   test         evaluate clean accuracy and attack success rate on the test set
   poison       run an attack and write a PoisonedSplit artifact (npz with its JSON manifest inside)
   experiment   run attack -> defenses -> SSL training -> evaluation -> report
+  report       `report merge DIR... --output DIR`: one report from the shards of a grid (--only)
 
 exit codes: 0 done, 2 bad command/config/input file, 1 fault at run time (disk full, output folder
 in use, ...), 130 interrupted (rerun to resume; `fit` prints its --ckpt_path)
@@ -111,6 +112,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from lightning_ssl_backdoor.attacks.cli import poison_main
 
         return poison_main(rest)
+    if cmd == "report":
+        from lightning_ssl_backdoor.pipeline.merge import report_main
+
+        return guarded(cmd, lambda: report_main(rest))
     if cmd == "experiment":
         from lightning_ssl_backdoor.pipeline.experiment import experiment_main
 

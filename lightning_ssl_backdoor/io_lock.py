@@ -89,8 +89,13 @@ def locked_output(target: Optional[Path]) -> Iterator[Optional[Path]]:
     if target is None:
         yield None
         return
+    folder = lock_path(Path(target)).parent
+    existed = folder.exists()
     path = acquire(Path(target))
     try:
         yield path
     finally:
         release(path)
+        if not existed:  # a run that stopped before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -417,3 +417,9 @@ def test_failed_start_leaves_no_tb_folder(tmp_path, capsys):
                  "--algorithms", algo, "--no_progress", "true"]) == 2
     assert "data.mu >= 1" in _one_error(capsys)
     assert not list(out.rglob("tb")) and not list(out.glob("cache/train-*"))
+
+
+def test_bad_only_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["experiment", "-c", _cfg(tmp_path), "--output", str(out), "--only", "[99]"]) == 2
+    assert "rows 0..0" in _one_error(capsys) and not out.exists()
