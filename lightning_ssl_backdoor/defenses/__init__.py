@@ -16,6 +16,7 @@ from lightning_ssl_backdoor.defenses.base import (
     defense_class,
     register_defense,
 )
+from lightning_ssl_backdoor.defenses.baselines import BASELINES  # registers the papers' baselines (issue 15)
 from lightning_ssl_backdoor.defenses.clustering import cluster_detect, single_linkage_heights
 from lightning_ssl_backdoor.defenses.clustering_defense import ClusteringDefense
 from lightning_ssl_backdoor.defenses.dbd import DBD
@@ -36,6 +37,7 @@ from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
 from lightning_ssl_backdoor.defenses.invalidator import Invalidator
 
 __all__ = [
+    "BASELINES",
     "ClusteringDefense",
     "DBD",
     "DEFENSES",
