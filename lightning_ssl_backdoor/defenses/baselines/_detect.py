@@ -29,6 +29,7 @@ from torch import nn
 from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.split import PoisonedSplit
 from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext
+from lightning_ssl_backdoor.defenses.baselines._common import to_defense_device
 from lightning_ssl_backdoor.defenses.detector import DetectionResult
 from lightning_ssl_backdoor.defenses.influence_defense import detection_info, filter_unlabeled
 from lightning_ssl_backdoor.errors import ConfigError
@@ -106,7 +107,7 @@ class FeatureDetector(DataDefense):
         models = ctx.load_model(res)
         use_ema = self.use_ema and models.ema is not None
         model = models.ema if use_ema else models.raw
-        return model.eval(), {"steps": res.get("steps"), "test": res.get("test", {}),
+        return to_defense_device(model, ctx).eval(), {"steps": res.get("steps"), "test": res.get("test", {}),
                               "weights": "ema" if use_ema else "raw"}
 
     def filter(self, split: SSLSplit, ctx: DefenseContext) -> tuple[SSLSplit, dict[str, Any]]:
