@@ -42,7 +42,9 @@ from lightning_ssl_backdoor.defenses.baselines._common import (
     eval_mode,
     make_generator,
 )
+from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models import build_model
 
 __all__ = ["DPSGD", "clip_and_noise", "dp_sgd_step", "dp_sgd_train", "per_sample_gradients"]
 
@@ -159,8 +161,6 @@ class DPSGD(Defense):
 
     def fresh_model(self, ctx: DefenseContext) -> nn.Module:
         """The row's architecture, randomly initialised from the row's seed."""
-        from lightning_ssl_backdoor.models import build_model
-
         args = ctx.model_args or {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(ctx.seed))
@@ -173,8 +173,6 @@ class DPSGD(Defense):
         if done.is_file():
             return json.loads(done.read_text())
         images, labels = ctx.split.labeled.images, ctx.split.labeled.labels
-        from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
-
         steps = self.steps or epochs_to_steps(self.epochs, len(labels), self.batch_size)
         t0 = time.perf_counter()
         model = self.fit(self.fresh_model(ctx), images, labels, steps, ctx.seed)
