@@ -1,11 +1,10 @@
 """Report figures (matplotlib, Agg): CA/ASR bars per row, CA and ASR over training steps,
-per-target ASR, and a grid of clean vs triggered vs poisoned examples. Every file is written
-atomically (temporary file, then rename)."""
+per-target ASR, and a grid of clean vs triggered vs poisoned examples. Each figure is written as a
+PNG (``DPI`` dots per inch) and as a PDF beside it (vector, for papers); every file atomically
+(temporary file, then rename) with the usual permissions (0666 less the umask)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,20 +14,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from lightning_ssl_backdoor.data.artifacts import atomic_write  # noqa: E402
 from lightning_ssl_backdoor.report.summary import summarize  # noqa: E402
+
+DPI = 200
 
 
 def save_figure(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Save ``fig`` as ``path`` (PNG at ``DPI``) and as the PDF beside it; return the PNG's path."""
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+            atomic_write(target, lambda fh, fmt=fmt: fig.savefig(fh, format=fmt, dpi=DPI, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
