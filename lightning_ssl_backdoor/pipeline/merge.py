@@ -15,7 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning_ssl_backdoor import __version__
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.pipeline.build import config_from_dict
+from lightning_ssl_backdoor.pipeline.experiment import Runner
+from lightning_ssl_backdoor.report.tables import write_report
 
 # config fields that say how a run was executed, not what it computed
 RUN_ONLY_FIELDS = ("output", "jobs", "threads")
@@ -37,8 +41,6 @@ def _row_key(row: dict[str, Any]) -> tuple:
 
 def grid_order(config: dict[str, Any]) -> list[tuple]:
     """The keys (algorithm, attack, defense, seed) of the grid's rows, in the order of a full run."""
-    from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict
-
     runner = Runner(config_from_dict(config), Path("."), progress=False)  # only its row list is used
     return [
         (a.display, None if t is None else t.display, None if d is None else d.display, s)
@@ -75,10 +77,6 @@ def merge_shards(folders: list[Path]) -> tuple[list[dict[str, Any]], dict[str, A
 
 
 def merge_main(folders: list[str], output: str) -> dict[str, Any]:
-    from lightning_ssl_backdoor import __version__
-    from lightning_ssl_backdoor.pipeline.experiment import config_from_dict
-    from lightning_ssl_backdoor.report.tables import write_report
-
     dirs = [Path(f) for f in folders]
     rows, config, elapsed, missing = merge_shards(dirs)
     out = Path(output)
