@@ -30,6 +30,7 @@ from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defe
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.io_lock import locked_output
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
+from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
 from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
 from lightning_ssl_backdoor.pipeline.checks import check_experiment
 from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, TrainerConfig, config_hash
@@ -170,12 +171,26 @@ class Runner:
         callbacks = []
         if self.cfg.dynamics_every:
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
+        clean_row = attack is None and any(a is not None for a in self.cfg.attacks)
         res = train_row(
             split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,
             workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
-            tensorboard=self.tensorboard_run(algorithm, attack, defense, seed),
+            tensorboard=self.tensorboard_run(algorithm, attack, defense, seed), save_model=clean_row,
         )
-        return self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
+        row = self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
+        if clean_row and res.get("model_path"):
+            row["base_rates"] = self.base_rates(split, seed, algorithm, model_args, res, workdir)
+        return row
+
+    def base_rates(self, split, seed, algorithm, model_args, res, workdir) -> dict[str, Any]:
+        """Each attack's trigger on the no-attack model (:mod:`lightning_ssl_backdoor.pipeline.base_rate`)."""
+        attacked = {a.display: self.attacked_split(seed, a)[0] for a in self.cfg.attacks if a is not None}
+
+        def context(probe):
+            return defense_context(probe, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
+                                   workdir / "base_rates", progress=False)
+
+        return attack_base_rates(split, attacked, context(split).load_model(res).evaluated, context)
 
     def tensorboard_run(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> tuple[Path, str]:
         """(folder, run name) of a row's TensorBoard run: ``OUTPUT/tensorboard/<label>/seed<s>``,

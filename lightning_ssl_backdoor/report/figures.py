@@ -60,10 +60,13 @@ def bars(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def curves(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    """CA and ASR over training steps, and (where an attack has triggered poisons) the hijack share:
+    triggered poisons pseudo-labelled as the target above the mask threshold (step 0 included)."""
     rows = [r for r in rows if r.get("history")]
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    hijack = any("backdoor/hijack" in p for r in rows for p in r["history"])
+    fig, axes = plt.subplots(1, 3 if hijack else 2, figsize=(16 if hijack else 11, 3.8))
     for r in rows:
         h = r["history"]
         suffix = "_ema" if r.get("evaluated_weights") == "ema" else ""
@@ -72,8 +75,15 @@ def curves(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
         axes[0].plot(steps, [100 * p.get("acc" + suffix, float("nan")) for p in h], marker=".", label=lab)
         if any(("asr" + suffix) in p for p in h):
             axes[1].plot(steps, [100 * p.get("asr" + suffix, float("nan")) for p in h], marker=".", label=lab)
+        if hijack and any("backdoor/hijack" in p for p in h):
+            start = next((p["backdoor/hijack_step0"] for p in h if "backdoor/hijack_step0" in p), None)
+            xs = ([0] if start is not None else []) + steps
+            ys = ([start] if start is not None else []) + [p.get("backdoor/hijack", float("nan")) for p in h]
+            axes[2].plot(xs, [100 * y for y in ys], marker=".", label=lab)
     axes[0].set_title("Clean accuracy over training steps")
     axes[1].set_title("Attack success rate over training steps")
+    if hijack:
+        axes[2].set_title("Triggered poisons hijacked (target, above tau)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.set_ylabel("%")

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text
+from lightning_ssl_backdoor.report.diagnostics import diagnostics_markdown
 from lightning_ssl_backdoor.report.figures import write_figures
 from lightning_ssl_backdoor.report.summary import METRICS, summarize
 
@@ -94,6 +95,7 @@ def write_report(rows: list[dict[str, Any]], cfg: Any, output: Path, elapsed: fl
           "EMA weights are reported where the algorithm keeps them; the last model, never one selected on",
           "the test set.", "", f"package {version}, torch {torch.__version__}, {meta['created']}, "
           f"{meta['elapsed_seconds']} s"]
+    md += diagnostics_markdown(rows)
     figures = write_figures(rows, output)
     if figures:
         md += ["", "## Figures", "", "Each figure is also saved as PDF beside its PNG.", ""]
