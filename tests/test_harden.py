@@ -215,6 +215,12 @@ def test_09_10_output_is_an_existing_file(tmp_path, capsys, cmd):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     if cmd == "experiment":
+        named = tmp_path / "report.md"  # a file with a suffix too: refused before any work starts
+        named.write_text("x")
+        cfg = _cfg(tmp_path)
+        before = set(tmp_path.rglob("*"))
+        assert main(["experiment", "-c", cfg, "--output", str(named)]) == 2
+        assert str(named) in _one_error(capsys) and set(tmp_path.rglob("*")) == before
         rc = main(["experiment", "-c", _cfg(tmp_path), "--output", str(blocker)])
     else:
         rc = poison_main(["--attack", "{name: mosaic, budget: 2}", "--data.image_size", "8",

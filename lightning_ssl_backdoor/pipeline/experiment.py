@@ -364,6 +364,10 @@ def experiment_main(argv: list[str]) -> int:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output or Path("runs") / cfg.name)
+    bad = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+    if bad is not None:  # before any work: the report folder cannot be made there
+        raise ConfigError(f"--output {output}: {bad} is a file, not a folder; choose an output folder "
+                          "that does not exist or is a folder.")
     t0 = time.perf_counter()
     zero = is_global_zero()  # DDP: the other ranks train with rank 0; rank 0 alone locks and reports
     with locked_output(output if zero else None):  # one run per output folder
