@@ -36,7 +36,7 @@ def make_cli(argv: list[str], run: bool = True):
     With ``run=False`` the arguments are parsed and the classes instantiated without a subcommand
     (used by tests and by code that wants the configured objects).
     """
-    from pytorch_lightning.cli import LightningCLI
+    from lightning_ssl_backdoor._lightning import LightningCLI
 
     from lightning_ssl_backdoor.data import SSLDataModule
     from lightning_ssl_backdoor.ssl import SSLModule

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
 
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
@@ -100,7 +100,7 @@ def train_row(
         save_top_k=0,
         every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
     )
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from lightning_ssl_backdoor._lightning import TensorBoardLogger
 
     trainer = pl.Trainer(
         max_steps=trainer_cfg.max_steps,

@@ -17,7 +17,7 @@ import copy
 import math
 from typing import Any, Iterator, Optional, Sequence
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 import torch.nn.functional as F
 from torch import nn
