@@ -14,6 +14,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
+# The decode cache of file-based data sets: never the user's ~/.cache during tests.
+if "SSL_BACKDOOR_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SSL_BACKDOOR_CACHE"] = tempfile.mkdtemp(prefix="ssl-backdoor-test-cache-")
 # Tiny models gain nothing from intra-op threads and lose a lot on a busy 2-core machine.
 torch.set_num_threads(1)
 

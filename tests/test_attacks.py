@@ -124,6 +124,39 @@ def test_deneb_eot_poisons_survive_the_weak_crop(split, theta0):
         deneb_perturbation(theta0, x, anchors, bidx, **{**kw, "eot_pad": 1})
 
 
+def test_deneb_eot_flip_and_feature_term_options(split, theta0):
+    """``eot_flip``: a view that flips makes Alg. 1 optimise through the mirror (so the poisons
+    survive the victim's flipped weak views); ``feature_term="authors"`` pulls g(u + P) closer to
+    the anchors than Eq. 16 as printed; neither makes the result depend on chunking."""
+    g = torch.Generator().manual_seed(0)
+    x = split.unlabeled.float()[:3]
+    anchors = split.labeled.float()[split.labeled.labels == TARGET]
+    bidx = torch.stack([torch.randperm(len(anchors), generator=g)[:8] for _ in range(3)])
+    ones = torch.ones((3, 10, 1, 2), dtype=torch.uint8)  # pad 1, offset 1: the un-shifted crop
+    kw = dict(target=TARGET, steps=10, progress=False, precision="float64", eot_pad=1, lr=0.5)
+    flipped = deneb_perturbation(theta0, x, anchors, bidx, eot_offsets=torch.cat([ones, ones[..., :1]], 3), **kw)
+    mirrored = deneb_perturbation(theta0, x.flip(-1), anchors, bidx, eot_offsets=ones, **kw).flip(-1)
+    assert torch.allclose(flipped, mirrored, atol=1e-6)
+    assert not torch.allclose(flipped, deneb_perturbation(theta0, x, anchors, bidx, eot_offsets=ones, **kw))
+    atk = build_attack("deneb", target=TARGET, budget=4, steps=3, seed=2, eot=2, eot_flip=True, progress=False)
+    ps = atk.poison(split, theta0)
+    assert int(torch.as_tensor(ps.attack["arrays"]["triggered"]).sum()) == 4
+    assert int(ps.triggered_poison_mask().sum()) == 4 and int(ps.unlabeled_poison_mask.sum()) == 8
+    offsets = torch.randint(0, 2, (3, 30, 2, 3), generator=g, dtype=torch.uint8)
+    kw = dict(kw, steps=30, eot_offsets=offsets)
+    dists = {}
+    for term in ("paper", "authors"):
+        together = deneb_perturbation(theta0, x, anchors, bidx, chunk_size=3, feature_term=term, **kw)
+        apart = deneb_perturbation(theta0, x, anchors, bidx, chunk_size=1, feature_term=term, **kw)
+        assert torch.allclose(together, apart, atol=1e-6)
+        with torch.no_grad():
+            f = theta0.features((x + together).float())
+            dists[term] = float(torch.cdist(f, theta0.features(anchors)).min(1).values.mean())
+    assert dists["authors"] < dists["paper"], dists
+    with pytest.raises(ConfigError, match="feature_term"):
+        build_attack("deneb", target=TARGET, feature_term="nope")
+
+
 def test_deneb_tie_w_uses_one_draw_for_both_poisons(split, theta0):
     """w1 = w2 by default (the paper's finding after Eq. 20); independent draws with tie_w=False."""
     kinds = {}

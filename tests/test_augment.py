@@ -438,8 +438,112 @@ def test_benchmark_pil_policy_and_report(tmp_path):
     assert torch.get_num_threads() == threads  # restored
     assert {r["torch_threads"] for r in res["rows"]} == {None, 1, threads + 1}
     assert {r["device"] for r in res["rows"]} >= {"cpu"} and res["rows"][0]["images_per_s"] > 0
+    assert isinstance(res["bar_met"], bool) and res["bar_ratio"] > 0
     md = bench.markdown(res)
     assert "| PIL per image" in md and "shared" in md
     bench.atomic_write(tmp_path / "r.json", json.dumps(res))
     assert json.loads((tmp_path / "r.json").read_text())["batch_size"] == 4
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# ---------------------------------------------------------------- Kornia backing, one channel
+
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+
+def test_kornia_functions_chosen_against_pil():
+    """The Kornia functions behind Posterize / Solarize / Equalize / AutoContrast, called raw, give
+    PIL's results on 8-bit images, except where ops.py adds glue: normalize_min_max maps a
+    constant channel to 0 (PIL keeps it), and Kornia reads levels as trunc(255 x) (PIL holds
+    round(255 x)), so off-grid pixels are rounded first."""
+    import kornia
+
+    x = quantised(4, 3, 9, 9, seed=5)
+    x[1, 0] = 77 / 255  # constant channel
+    for b in range(4):
+        img = to_pil(x[b])
+        for bits in (1, 4, 7, 8):
+            k = kornia.enhance.posterize(x[b : b + 1], bits)[0]
+            assert torch.equal((k * 255).round(), (from_pil(ImageOps.posterize(img, bits)) * 255).round())
+        for t in (0, 100, 255):
+            ref = from_pil(ImageOps.solarize(img, t))
+            assert torch.allclose(kornia.enhance.solarize(x[b : b + 1], t / 255.0)[0], ref, atol=1e-6)
+        assert torch.allclose(kornia.enhance.equalize(x[b : b + 1])[0], from_pil(ImageOps.equalize(img)))
+    raw = kornia.enhance.normalize_min_max(x, 0.0, 1.0)
+    assert torch.all(raw[1, 0] == 0) and not torch.all(auto_contrast(x)[1, 0] == 0)
+    assert torch.equal(auto_contrast(x)[1, 0], x[1, 0])
+    off_grid = torch.full((1, 1, 4, 4), 99.6 / 255)  # PIL would hold level 100
+    off_grid[0, 0, 0] = 20 / 255
+    assert torch.equal(equalize(off_grid), equalize(torch.round(off_grid * 255) / 255))
+    assert torch.allclose(posterize(off_grid, 8), torch.round(off_grid * 255) / 255)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_keeps_one_channel_and_acts_on_luma(name):
+    """A grey [B, 1, H, W] batch stays one channel, and every op gives what it gives on the same grey
+    image copied into RGB (whose luma is the grey value): colour ops act on the single channel as on
+    luma, Color is the identity."""
+    g = quantised(6, 1, 12, 10, seed=7)
+    mags = op_magnitude(name, torch.linspace(1, 10, 6), 10, 12, 10)
+    if name in GEOMETRIC:
+        mags = mags * torch.tensor([1.0, -1.0]).repeat(3)
+    y1 = FUNCTIONS[name](g, mags)
+    y3 = FUNCTIONS[name](g.expand(-1, 3, -1, -1).contiguous(), mags)
+    assert y1.shape == g.shape and y1.dtype == g.dtype
+    assert 0 <= y1.min() and y1.max() <= 1
+    for c in range(3):
+        assert torch.allclose(y3[:, c : c + 1], y1, atol=1e-5), (name, c)
+    if name == "Color":
+        assert torch.equal(y1, g)
+
+
+@pytest.mark.parametrize(
+    "fn,pil",
+    [(brightness, lambda im, f: ImageEnhance.Brightness(im).enhance(f)),
+     (contrast, lambda im, f: ImageEnhance.Contrast(im).enhance(f)),
+     (sharpness, lambda im, f: ImageEnhance.Sharpness(im).enhance(f)),
+     (color, lambda im, f: ImageEnhance.Color(im).enhance(f)),
+     (auto_contrast, lambda im, f: ImageOps.autocontrast(im)),
+     (equalize, lambda im, f: ImageOps.equalize(im)),
+     (posterize, lambda im, f: ImageOps.posterize(im, int(round(f * 8)))),
+     (solarize, lambda im, f: ImageOps.solarize(im, round(f * 255)))],
+)
+def test_colour_ops_on_one_channel_match_pil_mode_L(fn, pil):
+    x = quantised(3, 1, 9, 9, seed=8)
+    f = torch.tensor([0.25, 0.5, 0.875])
+    mag = (f * 8).round() if fn is posterize else f
+    mag = (f * 255).round() / 255 if fn is solarize else mag
+    y = fn(x, mag)
+    for b in range(3):
+        ref = from_pil(pil(to_pil(x[b]), float(f[b])))  # to_pil gives a mode "L" image here
+        assert ref.shape == (1, 9, 9)
+        assert (y[b] - ref).abs().max() <= 2.01 / 255, (fn.__name__, b)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 11, 9), (4, 3, 11, 9)])
+def test_gaussian_filter_is_kornia_gaussian_blur_on_one_and_three_channels(shape):
+    import kornia
+
+    from lightning_ssl_backdoor.augment.gaussian import GaussianFilter
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(9))
+    for radius in (0.75, 1.0):
+        f = GaussianFilter(radius)
+        y = f(x)
+        size = len(f.kernel)
+        ref = kornia.filters.gaussian_blur2d(x, size, (radius, radius), border_type="replicate")
+        assert y.shape == x.shape and torch.allclose(y, ref, atol=1e-6)
+        for c in range(shape[1]):  # channels are filtered independently
+            assert torch.allclose(f(x[:, c : c + 1]), y[:, c : c + 1], atol=1e-6)
+
+
+def test_strong_and_weak_on_grey_batches_stay_grey():
+    torch.manual_seed(11)
+    g = torch.rand(32, 1, 16, 16)
+    aug = StrongAugment(n=3, p=1.0)
+    y = aug(g)
+    assert y.shape == g.shape and 0 <= y.min() and y.max() <= 1
+    y3 = aug.apply_params(g.expand(-1, 3, -1, -1).contiguous(), aug.last_params)
+    assert torch.allclose(y3[:, :1], y, atol=1e-5) and torch.allclose(y3[:, 2:], y, atol=1e-5)
+    w = WeakAugment()
+    assert w(g).shape == g.shape

@@ -64,6 +64,8 @@ from lightning_ssl_backdoor.data.imageset import quantize
 from lightning_ssl_backdoor.errors import ConfigError
 
 UPDATES = ("grad", "sign")
+FEATURE_TERMS = ("paper", "authors")
+AUTHORS_BATCH = 64
 
 
 def sample_beta_1(n: int, beta: float, generator: torch.Generator) -> torch.Tensor:
@@ -95,6 +97,7 @@ def deneb_perturbation(
     precision: str = "float32",
     eot_offsets: Optional[torch.Tensor] = None,
     eot_pad: int = 0,
+    feature_term: str = "paper",
 ) -> torch.Tensor:
     """Alg. 1 for every image in ``images`` (float ``[P, C, H, W]``); returns the perturbations.
 
@@ -108,19 +111,29 @@ def deneb_perturbation(
     the model; slower) makes them agree to ~1e-15.
 
     ``eot_offsets``: optional uint8 ``[P, steps, K, 2]`` crop offsets (top, left) in ``[0, 2 *
-    eot_pad]``; step n of image i then averages the loss over its K crops of the padded u + P.
+    eot_pad]``, or ``[P, steps, K, 3]`` with a horizontal-flip bit third (the victim's weak view
+    flips too); step n of image i then averages the loss over its K views of the padded u + P.
+
+    ``feature_term``: ``"paper"`` is Eq. 16 as printed, per image ``lambda * ||g(u+P) - g(x~)||_2 +
+    CE``; ``"authors"`` is the scale of the authors' code, a batch-mean CE plus lambda times a sum
+    of squares: per image ``lambda * ||g(u+P) - g(x~)||_2^2 + CE / AUTHORS_BATCH`` with a fixed
+    ``AUTHORS_BATCH`` = 64 (the paper's batch size), so the feature term is roughly 1000x stronger
+    than in the printed equation while each image's gradient still depends only on that image
+    (chunking does not change the result).
     """
     if precision not in ("float32", "float64"):
         raise ConfigError(f"precision must be 'float32' or 'float64', got {precision!r}.")
     if update not in UPDATES:
         raise ConfigError(f"update must be one of {list(UPDATES)}, got {update!r}.")
+    if feature_term not in FEATURE_TERMS:
+        raise ConfigError(f"feature_term must be one of {list(FEATURE_TERMS)}, got {feature_term!r}.")
     if steps < 0 or eps <= 0 or lr <= 0 or nn_every < 1 or decay_every < 1 or chunk_size < 1:
         raise ConfigError(
             "DeNeB needs steps >= 0, eps > 0, lr > 0 and nn_every, decay_every, chunk_size >= 1."
         )
     if batch_index.shape[0] != images.shape[0]:
         raise ConfigError("batch_index needs one row (a mini-batch of anchors) per image.")
-    if eot_offsets is not None and (eot_offsets.shape[:2] != (images.shape[0], steps) or eot_offsets.shape[3] != 2
+    if eot_offsets is not None and (eot_offsets.shape[:2] != (images.shape[0], steps) or eot_offsets.shape[3] not in (2, 3)
                                     or (eot_offsets.numel() and int(eot_offsets.max()) > 2 * int(eot_pad))):
         raise ConfigError("eot_offsets must be [P, steps, K, 2] crop offsets within [0, 2 * eot_pad].")
     dev = model_device(model)
@@ -137,6 +150,7 @@ def deneb_perturbation(
             lo, hi = c * chunk_size, min(len(images), (c + 1) * chunk_size)
             key = f"{store_key}|{lo}:{hi}"
             key += "" if eot_offsets is None else f"|eot{tuple(eot_offsets.shape)}"
+            key += "" if feature_term == "paper" else f"|{feature_term}"
             cached = store.load("deneb", c, key + f"|{precision}")
             if cached is not None:
                 out[lo:hi] = cached["delta"].to(out.device, out.dtype)
@@ -146,6 +160,7 @@ def deneb_perturbation(
                 int(steps), float(lr), float(lr_decay), int(decay_every), int(nn_every), float(lam), update,
                 progress, f"DeNeB {c + 1}/{n_chunks}",
                 None if eot_offsets is None else eot_offsets[lo:hi].to(dev), int(eot_pad),
+                feature_term,
             )
             out[lo:hi] = delta.to(device=out.device, dtype=out.dtype)
             store.save("deneb", c, key + f"|{precision}", {"delta": delta.to(out.dtype)})
@@ -153,7 +168,7 @@ def deneb_perturbation(
 
 
 def _optimise_chunk(model, u, feats, bidx, target, eps, steps, lr, lr_decay, decay_every, nn_every, lam,
-                    update, progress, desc, offsets=None, pad=0) -> torch.Tensor:
+                    update, progress, desc, offsets=None, pad=0, feature_term="paper") -> torch.Tensor:
     P = torch.zeros_like(u)
     b = u.shape[0]
     views = 1 if offsets is None else offsets.shape[2]
@@ -166,12 +181,14 @@ def _optimise_chunk(model, u, feats, bidx, target, eps, steps, lr, lr_decay, dec
 
         crop = WeakAugment(flip=False, pad=pad)
         no_flip = torch.zeros(b * views, dtype=torch.bool, device=u.device)
+        flips = offsets.shape[3] == 3
     for n in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         P.requires_grad_(True)
         x = u + P
         if crop is not None:  # K crops per image, view-major: rows k * b .. (k + 1) * b - 1
-            o = offsets[:, n].long().permute(1, 0, 2).reshape(-1, 2)
-            x = crop.apply_params(x.repeat(views, 1, 1, 1), WeakParams(no_flip, o[:, 0], o[:, 1]))
+            o = offsets[:, n].long().permute(1, 0, 2).reshape(-1, offsets.shape[3])
+            flip = o[:, 2].bool() if flips else no_flip
+            x = crop.apply_params(x.repeat(views, 1, 1, 1), WeakParams(flip, o[:, 0], o[:, 1]))
         g = model.features(x)
         logits = model.head(g)
         if n % nn_every == 0:  # step 3: nearest labeled target-class sample in B_l, in g-space
@@ -179,8 +196,12 @@ def _optimise_chunk(model, u, feats, bidx, target, eps, steps, lr, lr_decay, dec
                 g_mean = g.detach().view(views, b, -1).mean(0)
                 d = ((g_mean.unsqueeze(1) - batch_feats) ** 2).sum(-1)
                 nearest = batch_feats[torch.arange(b, device=g.device), d.argmin(1)]
-        dist = ((g - nearest.repeat(views, 1)) ** 2).sum(1).add(1e-12).sqrt()
-        loss = (lam * dist + F.cross_entropy(logits, tgt, reduction="none")).sum() / views
+        sq = ((g - nearest.repeat(views, 1)) ** 2).sum(1)
+        ce = F.cross_entropy(logits, tgt, reduction="none")
+        if feature_term == "paper":
+            loss = (lam * sq.add(1e-12).sqrt() + ce).sum() / views
+        else:
+            loss = (lam * sq + ce / AUTHORS_BATCH).sum() / views
         (grad,) = torch.autograd.grad(loss, P)
         eta = lr * lr_decay ** (n // decay_every)
         with torch.no_grad():
@@ -207,7 +228,9 @@ class DeNeBAttack(Attack):
     Beta(1, beta)), ``anchor_batch`` (size of B_l), ``chunk_size`` (poisons optimised together),
     ``precision`` ("float32", or "float64" for results independent of ``chunk_size`` to ~1e-15),
     ``eot`` (weak-view crops averaged per step; 0 = Alg. 1 as written) and ``eot_pad`` (their
-    padding; default 1/8 of the image side, FixMatch's weak crop), ``tie_w`` (w1 = w2, the
+    padding; default 1/8 of the image side, FixMatch's weak crop), ``eot_flip`` (the EOT views
+    also flip horizontally at random, as the victim's weak view does), ``feature_term`` ("paper":
+    Eq. 16 as printed; "authors": their code's scale, see :func:`deneb_perturbation`), ``tie_w`` (w1 = w2, the
     paper's finding; False: independent draws). The budget counts source images (each gives a weak and a strong poison).
     """
 
@@ -239,6 +262,8 @@ class DeNeBAttack(Attack):
         precision: str = "float32",
         eot: int = 0,
         eot_pad: Optional[int] = None,
+        eot_flip: bool = False,
+        feature_term: str = "paper",
         tie_w: bool = True,
         progress: bool = True,
     ) -> None:
@@ -260,6 +285,9 @@ class DeNeBAttack(Attack):
             raise ConfigError(f"DeNeB needs eot >= 0 and eot_pad >= 0, got {eot} and {eot_pad}.")
         self.eot, self.eot_pad = int(eot), None if eot_pad is None else int(eot_pad)
         self.tie_w = bool(tie_w)
+        if feature_term not in FEATURE_TERMS:
+            raise ConfigError(f"feature_term must be one of {list(FEATURE_TERMS)}, got {feature_term!r}.")
+        self.eot_flip, self.feature_term = bool(eot_flip), str(feature_term)
 
     def craft(self, split, pool, chosen, model, trigger, generator) -> Poisons:
         anchors_mask = split.labeled.labels == self.target
@@ -282,11 +310,14 @@ class DeNeBAttack(Attack):
             pad = self.eot_pad if self.eot_pad is not None else max(1, round(h / 8))
             offsets = torch.randint(0, 2 * pad + 1, (2 * P, self.steps, self.eot, 2), generator=generator,
                                     dtype=torch.uint8)
+            if self.eot_flip:
+                flip = torch.randint(0, 2, (2 * P, self.steps, self.eot, 1), generator=generator, dtype=torch.uint8)
+                offsets = torch.cat([offsets, flip], dim=3)
         key = _fingerprint(self.config(), chosen, u, anchors, model)
         delta = deneb_perturbation(
             model, torch.cat([u, ut]), anchors, bidx, self.target, self.eps, self.steps, self.lr,
             self.lr_decay, self.decay_every, self.nn_every, self.lam, self.update, self.chunk_size,
-            self.progress, ChunkStore(self.work_dir), key, self.precision, offsets, pad,
+            self.progress, ChunkStore(self.work_dir), key, self.precision, offsets, pad, self.feature_term,
         )
         view = (-1, 1, 1, 1)
         weak = u + w1.view(view) * delta[:P]
@@ -317,6 +348,7 @@ class DeNeBAttack(Attack):
             meta={
                 "kind": torch.cat([torch.zeros(P, dtype=torch.int8), torch.ones(P, dtype=torch.int8)]),
                 "w": torch.cat([w1, w2]),
+                "triggered": torch.cat([torch.zeros(P, dtype=torch.bool), torch.ones(P, dtype=torch.bool)]),
             },
             info=info,
         )

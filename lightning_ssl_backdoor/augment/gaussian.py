@@ -3,9 +3,11 @@
 :class:`GaussianFilter` blurs a float batch ``[B, C, H, W]`` (or one image ``[C, H, W]``) with an
 isotropic Gaussian of standard deviation ``radius`` (Pillow's ``ImageFilter.GaussianBlur(radius)``
 convention, which the BI authors used with radius 0.75; their appendix says 1). The kernel is
-truncated at ``ceil(truncate * radius)`` pixels on each side and normalised to sum 1; borders repeat
-the edge pixel (as Pillow does). The 2-D filter is separable: one depthwise convolution along rows,
-one along columns, on whatever device and dtype the input has. ``radius == 0`` is the identity.
+truncated at ``ceil(truncate * radius)`` pixels on each side and normalised to sum 1
+(``kornia.filters.get_gaussian_kernel1d``); borders repeat the edge pixel (as Pillow does). The 2-D
+filter is separable: ``kornia.filters.filter2d_separable`` with ``border_type="replicate"``, one
+depthwise correlation along rows, one along columns, on whatever device and dtype the input has.
+``radius == 0`` is the identity.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from torch import nn
 
 from lightning_ssl_backdoor.errors import ConfigError
@@ -33,9 +35,7 @@ def gaussian_kernel1d(radius: float, truncate: float = 3.0, dtype: torch.dtype =
     if radius == 0:
         return torch.ones(1, dtype=dtype)
     half = int(math.ceil(truncate * radius))
-    t = torch.arange(-half, half + 1, dtype=dtype)
-    k = torch.exp(-(t**2) / (2.0 * radius**2))
-    return k / k.sum()
+    return get_gaussian_kernel1d(2 * half + 1, float(radius), dtype=dtype)[0]
 
 
 class GaussianFilter(nn.Module):
@@ -69,10 +69,6 @@ class GaussianFilter(nn.Module):
         h = self.half_width
         if h == 0:
             return x[0] if single else x
-        c = x.shape[1]
-        k = self.kernel.to(device=x.device, dtype=x.dtype)
-        rows = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-        cols = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-        y = F.conv2d(F.pad(x, (h, h, 0, 0), mode="replicate"), rows, groups=c)
-        y = F.conv2d(F.pad(y, (0, 0, h, h), mode="replicate"), cols, groups=c)
+        k = self.kernel.to(device=x.device, dtype=x.dtype).view(1, -1)
+        y = filter2d_separable(x, k, k, border_type="replicate")
         return y[0] if single else y

@@ -1,17 +1,54 @@
-"""Batched image operations with one magnitude per sample.
+"""Batched image operations with one magnitude per sample, on Kornia's functional ops.
 
 Every function takes a float batch ``x`` of shape ``[B, C, H, W]`` (C = 1 or 3) with values in
 [0, 1] and, where the operation has a strength, a tensor ``magnitude`` of shape ``[B]`` (a Python
 number is broadcast to every image) in the operation's natural unit (an enhancement factor, a
 number of bits, degrees, a shear factor, pixels, a threshold). The result has the input's shape,
-dtype and device and is clipped to [0, 1].
+dtype and device and lies in [0, 1].
 
 The semantics follow the PIL operations that FixMatch's RandAugmentMC calls (Sohn et al., 2020,
-"FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence", Table 12):
-``ImageEnhance`` blends for Brightness / Color / Contrast / Sharpness, ``ImageOps`` for
-AutoContrast / Equalize / Posterize / Solarize and affine warps for the geometric operations.
-They work in float, so they agree with PIL up to PIL's uint8 rounding; Equalize and Posterize
-quantise to 256 levels because they are defined on 8-bit histograms and bit patterns.
+"FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence", Table 12), and
+each is computed by the Kornia (0.9) function that reproduces that PIL operation:
+
+=============  =================================================================  ===============
+operation      Kornia function                                                    vs PIL (uint8)
+=============  =================================================================  ===============
+Brightness     ``kornia.enhance.adjust_brightness_accumulative`` (``x * f``)      <= 2/255
+Color          ``kornia.enhance.adjust_saturation_with_gray_subtraction``         <= 2/255
+Contrast       ``kornia.enhance.adjust_contrast_with_mean_subtraction``           <= 2/255
+Sharpness      ``kornia.enhance.sharpness`` (PIL's SMOOTH kernel, borders kept)   <= 2/255
+AutoContrast   ``kornia.enhance.normalize_min_max`` (``eps=0``)                   <= 1/255
+Equalize       ``kornia.enhance.equalize``                                        exact
+Posterize      ``kornia.enhance.posterize``                                       exact
+Solarize       ``kornia.enhance.solarize``                                        exact
+Rotate, Shear  ``kornia.geometry.transform.warp_affine`` (``padding_mode="fill"``)
+Translate      with ``get_rotation_matrix2d`` / ``get_shear_matrix2d`` /
+               ``get_translation_matrix2d``
+Cutout         ``kornia.geometry.bbox.bbox_to_mask``
+grayscale      ``kornia.color.rgb_to_grayscale`` (ITU-R 601-2 luma, PIL's "L")
+=============  =================================================================  ===============
+
+The "vs PIL" column is the largest difference the tests allow on 8-bit images: PIL rounds or
+truncates to uint8 after each operation, Kornia stays in float. Kornia matched PIL in every one of
+the 14 operations, so no operation is hand-written; what remains here is glue, each piece there
+because Kornia's function differs from PIL in one documented way:
+
+- AutoContrast: ``normalize_min_max`` maps a constant channel to 0 and adds ``eps`` to the range;
+  PIL leaves a constant channel as it is and divides by the exact range, so ``eps=0`` and constant
+  channels are put back.
+- Equalize, Posterize: Kornia reads the 8-bit level of a pixel as ``trunc(255 x)``; PIL images hold
+  ``round(255 x)``, so pixels are rounded to the 256 levels first (a no-op on 8-bit images).
+- Sharpness: Kornia needs images of at least 3 x 3; smaller ones (PIL's filter has no interior
+  there) are returned unchanged.
+- Geometric ops: the public :func:`warp_affine` keeps this module's matrix convention (output to
+  input, pixel corners at integers); the matrices of the built-in ops are Kornia's (input to output,
+  pixel centres at integers) and go to Kornia unchanged.
+
+One-channel images: every operation works on them and returns one channel. The colour operations
+act on the single channel as PIL does on an "L" image: Brightness, Contrast (blend with the mean,
+which is the mean luma), AutoContrast, Equalize, Posterize, Solarize and Sharpness act on it, and
+Color is the identity (a grey image has no saturation to change). Each equals the same operation on
+the grey image copied into three RGB channels (tests/test_augment.py checks this for all 14).
 """
 
 from __future__ import annotations
@@ -20,14 +57,28 @@ import math
 from typing import Union
 
 import torch
-import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import (
+    adjust_brightness_accumulative,
+    adjust_contrast_with_mean_subtraction,
+    adjust_saturation_with_gray_subtraction,
+    normalize_min_max,
+)
+from kornia.enhance import equalize as _k_equalize
+from kornia.enhance import posterize as _k_posterize
+from kornia.enhance import sharpness as _k_sharpness
+from kornia.enhance import solarize as _k_solarize
+from kornia.geometry.bbox import bbox_to_mask
+from kornia.geometry.transform import (
+    get_rotation_matrix2d,
+    get_shear_matrix2d,
+    get_translation_matrix2d,
+)
+from kornia.geometry.transform import warp_affine as _k_warp_affine
 
 from lightning_ssl_backdoor.errors import DataFormatError
 
 Magnitude = Union[torch.Tensor, float, int]
-
-# ITU-R 601-2 luma, the weights PIL uses to convert RGB to "L".
-_LUMA = (0.299, 0.587, 0.114)
 
 
 def check_batch(x: torch.Tensor) -> None:
@@ -46,8 +97,8 @@ def check_batch(x: torch.Tensor) -> None:
         )
 
 
-def _per_sample(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
-    """Magnitude as a float tensor of shape [B, 1, 1, 1] on ``x``'s device."""
+def per_sample(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
+    """Magnitude as a float tensor of shape ``[B]`` in ``x``'s dtype and device."""
     m = torch.as_tensor(magnitude, dtype=x.dtype, device=x.device)
     if m.ndim == 0:
         m = m.expand(x.shape[0])
@@ -55,20 +106,18 @@ def _per_sample(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
         raise DataFormatError(
             f"magnitude must be a number or have shape [{x.shape[0]}], got {tuple(m.shape)}."
         )
-    return m.view(-1, 1, 1, 1)
+    return m
 
 
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL ``ImageEnhance``: ``degenerate + factor * (x - degenerate)``, clipped."""
-    return (degenerate + factor * (x - degenerate)).clamp_(0.0, 1.0)
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """Round to the 256 levels of an 8-bit image (``round(255 x) / 255``), as PIL holds pixels."""
+    return (x * 255.0).round_().clamp_(0.0, 255.0).div_(255.0)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma ``[B, 1, H, W]`` of an RGB batch (PIL's "L" weights); a 1-channel batch is returned."""
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    """Luma ``[B, 1, H, W]`` of an RGB batch (``kornia.color.rgb_to_grayscale``, PIL's "L"
+    weights 0.299 / 0.587 / 0.114); a 1-channel batch is returned as it is."""
+    return x if x.shape[1] == 1 else rgb_to_grayscale(x)
 
 
 def identity(x: torch.Tensor, magnitude: Magnitude = 0.0) -> torch.Tensor:
@@ -77,185 +126,172 @@ def identity(x: torch.Tensor, magnitude: Magnitude = 0.0) -> torch.Tensor:
 
 
 def auto_contrast(x: torch.Tensor, magnitude: Magnitude = 0.0) -> torch.Tensor:
-    """AutoContrast: stretch each channel of each image so its minimum is 0 and maximum 1.
-
-    A constant channel is left unchanged (PIL's ``ImageOps.autocontrast`` with no cut-off).
-    """
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    span = hi - lo
+    """AutoContrast: stretch each channel of each image so its minimum is 0 and maximum 1
+    (``normalize_min_max`` with ``eps=0``); a constant channel is left unchanged, as PIL's
+    ``ImageOps.autocontrast`` (no cut-off) does."""
+    span = x.amax(dim=(2, 3), keepdim=True) - x.amin(dim=(2, 3), keepdim=True)
     flat = span <= 0
-    scaled = (x - lo) / torch.where(flat, torch.ones_like(span), span)
-    return torch.where(flat, x, scaled).clamp_(0.0, 1.0)
+    if bool(flat.all()):
+        return x.clone()
+    stretched = normalize_min_max(x, 0.0, 1.0, eps=0.0)  # NaN on flat channels, replaced below
+    return torch.where(flat, x, stretched).clamp_(0.0, 1.0)
 
 
 def equalize(x: torch.Tensor, magnitude: Magnitude = 0.0) -> torch.Tensor:
-    """Equalize: per-image, per-channel histogram equalisation on 256 bins (``ImageOps.equalize``).
+    """Equalize: per-image, per-channel histogram equalisation on 256 levels, PIL's
+    ``ImageOps.equalize`` (``kornia.enhance.equalize`` on the pixels rounded to 8-bit levels).
 
-    Pixels are quantised to levels ``q = round(255 x)``. With ``h`` the channel's histogram, ``N``
-    its pixel count and ``h_last`` the count of its largest level, ``step = (N - h_last) // 255``
-    and level ``i`` maps to ``(step // 2 + sum(h[:i])) // step``. Channels with ``step == 0``
-    (near-constant) are left unchanged, as PIL does.
+    With ``h`` a channel's histogram, ``N`` its pixel count and ``h_last`` the count of its largest
+    level, ``step = (N - h_last) // 255`` and level ``i`` maps to ``(step // 2 + sum(h[:i])) //
+    step``; channels with ``step == 0`` (near-constant) keep their (rounded) values, as in PIL.
     """
-    b, c, h, w = x.shape
-    q = (x * 255.0).round_().clamp_(0, 255).long().reshape(b * c, h * w)
-    hist = torch.zeros(b * c, 256, dtype=torch.long, device=x.device)
-    hist.scatter_add_(1, q, torch.ones_like(q))
-    top = q.amax(dim=1, keepdim=True)
-    step = (h * w - hist.gather(1, top)) // 255  # [BC, 1]
-    cum_before = hist.cumsum(dim=1) - hist
-    lut = (step // 2 + cum_before).div(step.clamp(min=1), rounding_mode="floor").clamp_(max=255)
-    out = lut.gather(1, q).to(x.dtype).div_(255.0).reshape(b, c, h, w)
-    keep = (step == 0).reshape(b, c, 1, 1)
-    return torch.where(keep, x, out)
+    return _k_equalize(to_levels(x))
 
 
 def brightness(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
     """Brightness: blend with a black image by factor ``magnitude`` (1 = unchanged, 0 = black)."""
-    return _blend(torch.zeros_like(x), x, _per_sample(x, magnitude))
+    return adjust_brightness_accumulative(x, per_sample(x, magnitude))
 
 
 def color(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
-    """Color (saturation): blend with the image's grayscale; identity on 1-channel images."""
+    """Color (saturation): blend with the image's luma; identity on 1-channel images."""
     if x.shape[1] == 1:
         return x.clone()
-    return _blend(grayscale(x), x, _per_sample(x, magnitude))
+    return adjust_saturation_with_gray_subtraction(x, per_sample(x, magnitude))
 
 
 def contrast(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
     """Contrast: blend with a constant image at the mean luma of each image (0 = flat gray)."""
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(mean.expand_as(x), x, _per_sample(x, magnitude))
+    return adjust_contrast_with_mean_subtraction(x, per_sample(x, magnitude))
 
 
 def sharpness(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
     """Sharpness: blend with a smoothed copy (PIL's SMOOTH 3x3 kernel, weights 1 and centre 5,
-    over 13); border pixels of the smoothed copy keep their original values, as in PIL."""
-    b, c, h, w = x.shape
-    degenerate = x.clone()
-    if h >= 3 and w >= 3:
-        kernel = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
-        kernel[0, 0, 1, 1] = 5.0
-        kernel /= 13.0
-        smooth = F.conv2d(x.reshape(b * c, 1, h, w), kernel).reshape(b, c, h - 2, w - 2)
-        degenerate[:, :, 1:-1, 1:-1] = smooth
-    return _blend(degenerate, x, _per_sample(x, magnitude))
+    over 13); border pixels of the smoothed copy keep their original values, as in PIL. Images
+    smaller than 3 x 3 have no interior to smooth and are returned unchanged."""
+    if min(x.shape[-2:]) < 3:
+        return x.clone()
+    return _k_sharpness(x, per_sample(x, magnitude))
 
 
 def posterize(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
     """Posterize: keep the ``magnitude`` (integer 0..8) highest bits of each 8-bit level."""
-    bits = _per_sample(x, magnitude).round().clamp(0, 8).long()
-    mask = (255 << (8 - bits)) & 255
-    q = (x * 255.0).round_().clamp_(0, 255).long()
-    return (q & mask).to(x.dtype).div_(255.0)
+    bits = per_sample(x, magnitude).round().clamp(0, 8).long()
+    return _k_posterize(to_levels(x), bits)
 
 
 def solarize(x: torch.Tensor, magnitude: Magnitude) -> torch.Tensor:
     """Solarize: invert (``1 - x``) every pixel with ``x >= magnitude`` (a threshold in [0, 1])."""
-    thr = _per_sample(x, magnitude)
-    return torch.where(x >= thr, 1.0 - x, x).clamp_(0.0, 1.0)
+    return _k_solarize(x, per_sample(x, magnitude)).clamp_(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
-# Geometric operations. Matrices are 3x3, map OUTPUT pixel coordinates to INPUT pixel coordinates
-# and use continuous coordinates with the origin at the top-left image corner (pixel (i, j) covers
-# [j, j+1] x [i, i+1]; its centre is (j + 0.5, i + 0.5)), x to the right and y down.
+# Geometric operations. The matrix builders return Kornia's convention: [B, 3, 3] matrices that map
+# INPUT pixel coordinates to OUTPUT ones, with pixel centres at integer coordinates (pixel (i, j) is
+# at x = j, y = i), x to the right and y down. PIL's affine transforms use pixel corners instead
+# (pixel (i, j) covers [j, j+1] x [i, i+1]); the shears below account for the half-pixel shift.
 # ----------------------------------------------------------------------------------------------
-
-
-def _eye(x: torch.Tensor) -> torch.Tensor:
-    return torch.eye(3, dtype=x.dtype, device=x.device).repeat(x.shape[0], 1, 1)
 
 
 def rotation_matrix(x: torch.Tensor, degrees: Magnitude) -> torch.Tensor:
-    """Output-to-input matrices rotating each image counter-clockwise (as displayed) by
-    ``degrees`` about its centre, like ``PIL.Image.rotate``."""
+    """Input-to-output matrices rotating each image counter-clockwise (as displayed) by
+    ``degrees`` about its centre, like ``PIL.Image.rotate`` (``get_rotation_matrix2d``)."""
+    angle = per_sample(x, degrees)
     h, w = x.shape[-2:]
-    theta = _per_sample(x, degrees).view(-1) * (math.pi / 180.0)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    cx, cy = w / 2.0, h / 2.0
-    m = _eye(x)
-    m[:, 0, 0], m[:, 0, 1] = cos, -sin
-    m[:, 1, 0], m[:, 1, 1] = sin, cos
-    m[:, 0, 2] = cx - cos * cx + sin * cy
-    m[:, 1, 2] = cy - sin * cx - cos * cy
-    return m
+    center = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=x.dtype, device=x.device)
+    scale = torch.ones(x.shape[0], 2, dtype=x.dtype, device=x.device)
+    m = get_rotation_matrix2d(center.expand(x.shape[0], 2), angle, scale)
+    return torch.cat([m, _last_row(x)], dim=1)
 
 
 def shear_matrix(x: torch.Tensor, factor: Magnitude, axis: str) -> torch.Tensor:
-    """Output-to-input matrices of PIL's shear (``x_in = x_out + factor * y_out`` for axis "x",
-    ``y_in = y_out + factor * x_out`` for axis "y"), about the top-left corner."""
-    s = _per_sample(x, factor).view(-1)
-    m = _eye(x)
+    """Input-to-output matrices of PIL's shear about the top-left image corner: output pixel
+    ``(x, y)`` reads input ``(x + factor * y, y)`` for axis "x", ``(x, y + factor * x)`` for "y"
+    (PIL's corner coordinates). ``get_shear_matrix2d`` takes the angle ``atan(factor)`` about that
+    corner, which is ``(-0.5, -0.5)`` in Kornia's centre coordinates."""
+    angle = torch.atan(per_sample(x, factor))
+    corner = torch.full((x.shape[0], 2), -0.5, dtype=x.dtype, device=x.device)
     if axis == "x":
-        m[:, 0, 1] = s
-    else:
-        m[:, 1, 0] = s
-    return m
+        return get_shear_matrix2d(corner, sx=angle, sy=torch.zeros_like(angle))
+    return get_shear_matrix2d(corner, sx=torch.zeros_like(angle), sy=angle)
 
 
 def translation_matrix(x: torch.Tensor, pixels: Magnitude, axis: str) -> torch.Tensor:
-    """Output-to-input matrices that move the content by ``pixels`` to the right (axis "x") or
-    down (axis "y"); negative values move it left / up."""
-    t = _per_sample(x, pixels).view(-1)
-    m = _eye(x)
-    m[:, 0 if axis == "x" else 1, 2] = -t
-    return m
+    """Input-to-output matrices that move the content by ``pixels`` to the right (axis "x") or
+    down (axis "y"); negative values move it left / up (``get_translation_matrix2d``)."""
+    t = per_sample(x, pixels)
+    zero = torch.zeros_like(t)
+    return get_translation_matrix2d(torch.stack([t, zero] if axis == "x" else [zero, t], dim=1))
+
+
+def _last_row(x: torch.Tensor) -> torch.Tensor:
+    row = torch.tensor([[[0.0, 0.0, 1.0]]], dtype=x.dtype, device=x.device)
+    return row.expand(x.shape[0], 1, 3)
+
+
+def warp(x: torch.Tensor, matrix: torch.Tensor, fill: float = 0.5, mode: str = "bilinear") -> torch.Tensor:
+    """Resample each image with its own input-to-output matrix (Kornia's convention, ``[B, 3, 3]``
+    or ``[B, 2, 3]``) in one ``kornia.geometry.transform.warp_affine`` call; area sampled from
+    outside the image is filled with ``fill`` (FixMatch fills with gray 128), blended at the border
+    by the warped coverage as in Kornia's ``padding_mode="fill"``."""
+    fill_value = torch.tensor([fill], dtype=x.dtype, device=x.device)
+    out = _k_warp_affine(
+        x, matrix[:, :2].to(x.dtype), x.shape[-2:], mode=mode, padding_mode="fill",
+        align_corners=True, fill_value=fill_value,
+    )
+    return out.clamp_(0.0, 1.0)
 
 
 def warp_affine(
     x: torch.Tensor, matrix: torch.Tensor, fill: float = 0.5, mode: str = "bilinear"
 ) -> torch.Tensor:
-    """Resample each image with its own output-to-input pixel matrix ``[B, 3, 3]`` (or
-    ``[B, 2, 3]``) in one ``affine_grid`` / ``grid_sample`` call; area sampled from outside the
-    image is filled with ``fill`` (FixMatch fills with gray 128). ``mode``: "bilinear" or
-    "nearest" (PIL's default)."""
-    b, c, h, w = x.shape
-    to_norm = torch.tensor(
-        [[2.0 / w, 0.0, -1.0], [0.0, 2.0 / h, -1.0], [0.0, 0.0, 1.0]],
-        dtype=x.dtype,
-        device=x.device,
-    )
-    to_pix = torch.tensor(
-        [[w / 2.0, 0.0, w / 2.0], [0.0, h / 2.0, h / 2.0], [0.0, 0.0, 1.0]],
-        dtype=x.dtype,
-        device=x.device,
-    )
+    """Resample each image with its own OUTPUT-to-INPUT matrix ``[B, 3, 3]`` (or ``[B, 2, 3]``)
+    in PIL's pixel-corner coordinates (the matrix PIL's ``Image.transform(AFFINE)`` takes); area
+    sampled from outside the image is filled with ``fill``. ``mode``: "bilinear" or "nearest"
+    (PIL's default). The matrix is inverted and moved to pixel centres for :func:`warp`."""
     if matrix.shape[-2] == 2:
-        matrix = torch.cat([matrix, _eye(x)[:, 2:]], dim=1)
-    theta = (to_norm @ matrix.to(x.dtype) @ to_pix)[:, :2]
-    grid = F.affine_grid(theta, [b, c + 1, h, w], align_corners=False)
-    ones = torch.ones(b, 1, h, w, dtype=x.dtype, device=x.device)
-    sampled = F.grid_sample(
-        torch.cat([x, ones], dim=1), grid, mode=mode, padding_mode="zeros", align_corners=False
-    )
-    img, weight = sampled[:, :c], sampled[:, c:]
-    return (img + (1.0 - weight) * fill).clamp_(0.0, 1.0)
+        matrix = torch.cat([matrix, _last_row(x)[: matrix.shape[0]]], dim=1)
+    m = matrix.to(torch.float64)
+    half = torch.eye(3, dtype=m.dtype, device=m.device)
+    half[:2, 2] = 0.5  # centre coordinates -> corner coordinates
+    to_centre = torch.linalg.inv(half)
+    return warp(x, (to_centre @ torch.linalg.inv(m) @ half).to(x.dtype), fill, mode)
 
 
 def rotate(x: torch.Tensor, magnitude: Magnitude, fill: float = 0.5) -> torch.Tensor:
     """Rotate: counter-clockwise by ``magnitude`` degrees about the centre, gray fill."""
-    return warp_affine(x, rotation_matrix(x, magnitude), fill)
+    return warp(x, rotation_matrix(x, magnitude), fill)
 
 
 def shear_x(x: torch.Tensor, magnitude: Magnitude, fill: float = 0.5) -> torch.Tensor:
     """ShearX: ``x_in = x_out + magnitude * y_out`` (PIL's affine shear), gray fill."""
-    return warp_affine(x, shear_matrix(x, magnitude, "x"), fill)
+    return warp(x, shear_matrix(x, magnitude, "x"), fill)
 
 
 def shear_y(x: torch.Tensor, magnitude: Magnitude, fill: float = 0.5) -> torch.Tensor:
     """ShearY: ``y_in = y_out + magnitude * x_out`` (PIL's affine shear), gray fill."""
-    return warp_affine(x, shear_matrix(x, magnitude, "y"), fill)
+    return warp(x, shear_matrix(x, magnitude, "y"), fill)
 
 
 def translate_x(x: torch.Tensor, magnitude: Magnitude, fill: float = 0.5) -> torch.Tensor:
     """TranslateX: move the content ``magnitude`` pixels to the right (negative: left)."""
-    return warp_affine(x, translation_matrix(x, magnitude, "x"), fill)
+    return warp(x, translation_matrix(x, magnitude, "x"), fill)
 
 
 def translate_y(x: torch.Tensor, magnitude: Magnitude, fill: float = 0.5) -> torch.Tensor:
     """TranslateY: move the content ``magnitude`` pixels down (negative: up)."""
-    return warp_affine(x, translation_matrix(x, magnitude, "y"), fill)
+    return warp(x, translation_matrix(x, magnitude, "y"), fill)
+
+
+def cutout_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bool ``[B, 1, H, W]`` mask of one box per image; ``boxes`` as in :func:`cutout`. The mask
+    comes from ``kornia.geometry.bbox.bbox_to_mask`` (inclusive corners, hence the ``- 1``), as in
+    Kornia's ``RandomErasing``."""
+    t, b, l, r = boxes.to(dtype=torch.float32).unbind(1)
+    corners = torch.stack(
+        [torch.stack(p, dim=1) for p in ((l, t), (r - 1, t), (r - 1, b - 1), (l, b - 1))], dim=1
+    )
+    return bbox_to_mask(corners, width, height).bool().unsqueeze(1)
 
 
 def cutout(x: torch.Tensor, boxes: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
@@ -264,10 +300,4 @@ def cutout(x: torch.Tensor, boxes: torch.Tensor, fill: float = 0.5) -> torch.Ten
     ``boxes`` is an integer ``[B, 4]`` tensor of ``(top, bottom, left, right)`` with exclusive
     bottom / right, already clipped to the image; an empty box leaves its image unchanged.
     """
-    h, w = x.shape[-2:]
-    boxes = boxes.to(x.device)
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    t, b_, l, r = (boxes[:, i].view(-1, 1, 1) for i in range(4))
-    inside = (rows >= t) & (rows < b_) & (cols >= l) & (cols < r)
-    return torch.where(inside.unsqueeze(1), torch.full_like(x, fill), x)
+    return x.masked_fill(cutout_mask(boxes.to(x.device), *x.shape[-2:]), fill)

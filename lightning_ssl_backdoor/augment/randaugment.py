@@ -4,7 +4,10 @@ Implements the ``RandAugmentMC`` policy used by FixMatch (Sohn et al., 2020, "Fi
 Simplifying Semi-Supervised Learning with Consistency and Confidence", Sec. 2.3 and Table 12),
 batched on the device: every image draws its own ``n`` operations and magnitudes, yet the work is
 done by one batched call per (slot, operation) on the images that drew it, and all geometric
-operations of a slot share a single ``affine_grid`` / ``grid_sample``.
+operations of a slot share a single warp. The operations are Kornia's functional ops called with
+per-sample magnitudes (see :mod:`lightning_ssl_backdoor.augment.ops`); Kornia's own
+``kornia.augmentation.auto.RandAugment`` is not used because it draws one set of operations per
+batch, not per image.
 """
 
 from __future__ import annotations
@@ -218,14 +221,14 @@ class StrongAugment(nn.Module):
                 if name in _GEOMETRIC:
                     mag = mag * params.signs[idx, slot].to(x.dtype)
                     geo_idx.append(idx)
-                    geo_mats.append(_geometric_matrix(name, out[idx], mag))
+                    geo_mats.append(_geometric_matrix(name, out[idx], mag))  # Kornia's convention
                 else:
                     out[idx] = FUNCTIONS[name](out[idx], mag)
             if geo_idx:
                 idx = torch.cat(geo_idx)
-                out[idx] = F.warp_affine(out[idx], torch.cat(geo_mats), fill=self.fill)
-        if self.cutout > 0:
-            out = F.cutout(out, params.boxes, fill=self.fill)
+                out[idx] = F.warp(out[idx], torch.cat(geo_mats), fill=self.fill)
+        if self.cutout > 0:  # in place on our own copy: F.cutout without its second allocation
+            out.masked_fill_(F.cutout_mask(params.boxes.to(x.device), h, w), self.fill)
         return out
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 FixMatch (Sohn et al., 2020, Sec. 2.3) uses "a standard flip-and-shift augmentation strategy":
 flip horizontally with probability 0.5, then translate by up to 12.5% (4 px on 32 x 32) via a
-reflect-padded random crop. Here the whole batch is padded once and every image gathers its own
-crop window (and flip) with one indexing operation: no Python loop over the batch.
+reflect-padded random crop. Here the whole batch is padded once (``torch.nn.functional.pad``:
+Kornia has no functional reflect pad), every image's own window is cut out by Kornia's
+``crop_by_indices`` (exact slicing, no resampling) and the images that drew a flip are mirrored
+together by Kornia's ``hflip``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import crop_by_indices, hflip
 from torch import nn
 
 from lightning_ssl_backdoor.augment.ops import check_batch
@@ -71,7 +74,7 @@ class WeakAugment(nn.Module):
         return WeakParams(flip, top, left)
 
     def apply_params(self, x: torch.Tensor, params: WeakParams) -> torch.Tensor:
-        """Pad once, then gather every image's (possibly mirrored) crop window."""
+        """Pad once, cut every image's crop window, then mirror the images that drew a flip."""
         check_batch(x)
         b, c, h, w = x.shape
         p = self.pad
@@ -81,15 +84,18 @@ class WeakAugment(nn.Module):
                 "lower pad or use padding_mode='replicate'."
             )
         padded = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p > 0 else x
-        dev = x.device
-        rows = params.top.to(dev).view(b, 1) + torch.arange(h, device=dev).view(1, h)
-        ar = torch.arange(w, device=dev).view(1, w)
-        left = params.left.to(dev).view(b, 1)
-        # A mirrored crop of the padded image at `left` is the crop at `left` read right to left.
-        cols = torch.where(params.flip.to(dev).view(b, 1), left + (w - 1) - ar, left + ar)
-        batch = torch.arange(b, device=dev).view(b, 1, 1)
-        out = padded.permute(0, 2, 3, 1)[batch, rows.view(b, h, 1), cols.view(b, 1, w)]
-        return out.permute(0, 3, 1, 2).contiguous()
+        top, left = params.top.to(x.device).long(), params.left.to(x.device).long()
+        bottom, right = top + (h - 1), left + (w - 1)  # inclusive corners, Kornia's box layout
+        corners = [(left, top), (right, top), (right, bottom), (left, bottom)]
+        boxes = torch.stack([torch.stack(pt, dim=1) for pt in corners], dim=1)  # [B, 4, 2] (x, y)
+        out = crop_by_indices(padded, boxes, size=(h, w))
+        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            out = out.clone()  # pad 0: Kornia returned a view of the input, which must stay as it is
+        out = out.contiguous()  # a batch whose boxes all agree comes back as a strided view
+        rows = params.flip.to(x.device).nonzero().view(-1)
+        if rows.numel():
+            out[rows] = hflip(out[rows])
+        return out
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         check_batch(x)

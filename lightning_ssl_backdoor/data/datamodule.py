@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_ssl_backdoor.data.imageset import ImageSet, quantize
-from lightning_ssl_backdoor.data.split import PoisonedSplit, SSLSplit, make_split
+from lightning_ssl_backdoor.data.split import PoisonedSplit, SSLSplit
+from lightning_ssl_backdoor.data.subset import check_subset, subset_split
 from lightning_ssl_backdoor.data.streams import EvalStream, SSLTrainStream
 from lightning_ssl_backdoor.errors import ConfigError
 
@@ -46,6 +47,9 @@ class SSLDataModule(pl.LightningDataModule):
         seed: controls the split and the sampling order.
         poisoned_split: path of a PoisonedSplit artifact (written by ``ssl-backdoor poison``).
         split: a ready ``SSLSplit`` / ``PoisonedSplit`` (programmatic use; overrides the rest).
+        subset: classes and per-class labeled / unlabeled / test counts
+            (:mod:`lightning_ssl_backdoor.data.subset`).
+        cache_dir: where decoded file-based data sets are cached (:mod:`lightning_ssl_backdoor.data.cache`).
     """
 
     def __init__(
@@ -64,6 +68,8 @@ class SSLDataModule(pl.LightningDataModule):
         seed: int = 0,
         poisoned_split: Optional[str] = None,
         split: Optional[SSLSplit] = None,
+        subset: Optional[dict] = None,
+        cache_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
         if num_labeled is not None:
@@ -78,6 +84,7 @@ class SSLDataModule(pl.LightningDataModule):
         self.batch_size, self.mu, self.eval_batch_size = int(batch_size), int(mu), int(eval_batch_size)
         self.num_workers, self.seed = int(num_workers), int(seed)
         self.poisoned_split = poisoned_split
+        self.subset, self.cache_dir = check_subset(subset), cache_dir
         self._split: Optional[SSLSplit] = split
         self._triggered_test: Optional[torch.Tensor] = None
 
@@ -95,11 +102,14 @@ class SSLDataModule(pl.LightningDataModule):
             return load_poisoned_split(self.poisoned_split)
         from lightning_ssl_backdoor.data.readers import load_dataset
 
-        train = load_dataset(self.dataset, "train", root=self.root, image_size=self.image_size)
-        test = load_dataset(self.dataset, "test", root=self.root, image_size=self.image_size)
-        return make_split(
+        train = load_dataset(self.dataset, "train", root=self.root, image_size=self.image_size,
+                             cache_dir=self.cache_dir)
+        test = load_dataset(self.dataset, "test", root=self.root, image_size=self.image_size,
+                            cache_dir=self.cache_dir)
+        return subset_split(
             train,
             test,
+            self.subset,
             num_labeled=self.num_labeled,
             labels_per_class=self.labels_per_class,
             include_labeled_in_unlabeled=self.include_labeled_in_unlabeled,

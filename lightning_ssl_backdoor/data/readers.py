@@ -10,18 +10,28 @@ docstring states the file layout it reads.
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from lightning_ssl_backdoor.data.cache import cached_load
 from lightning_ssl_backdoor.data.imageset import ImageSet
+from lightning_ssl_backdoor.data.readers_archive import (
+    archive_has_split,
+    cifar_archive_kind,
+    find_archives,
+    read_archive_folder,
+    read_cifar_archive,
+)
 from lightning_ssl_backdoor.data.readers_cifar import CIFAR_SPLITS, read_cifar
-from lightning_ssl_backdoor.data.readers_common import check_image_size, check_split, resize_images
+from lightning_ssl_backdoor.data.readers_common import as_path, check_image_size, check_split, resize_images
 from lightning_ssl_backdoor.data.readers_folder import IMAGE_EXTENSIONS, list_image_files, read_image_folder
 from lightning_ssl_backdoor.data.readers_pickle import RestrictedUnpickler, restricted_load
 from lightning_ssl_backdoor.data.readers_svhn_stl import STL10_SPLITS, SVHN_SPLITS, read_stl10, read_svhn
-from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.errors import ConfigError, DataFormatError
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "stl10", "folder")
 DIGITS_SPLITS = ("train", "test")
@@ -39,6 +49,7 @@ __all__ = [
     "list_image_files",
     "load_dataset",
     "read_cifar",
+    "read_cifar_any",
     "read_digits",
     "read_image_folder",
     "read_stl10",
@@ -108,11 +119,55 @@ def _call(reader, dataset: str, kwargs: dict, **fixed) -> ImageSet:
     return reader(**fixed, **kwargs)
 
 
+def _has_split_folder(root: Path, split: str) -> bool:
+    if (root / split).is_dir():
+        return True
+    return any((p / split).is_dir() for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_cifar_any(root, split: str = "train", name: str = "cifar10", image_size: Optional[int] = None) -> ImageSet:
+    """CIFAR-10/100 in whichever form ``root`` holds it, with no manual extraction step.
+
+    Tried in order: the extracted binary / python release (:func:`read_cifar`); the official
+    archives ``cifar-10-{binary,python}.tar.gz`` (``root`` the archive or its folder); an image-folder
+    tree ``root/<split>/<class>/*``; archives packing such a tree (``train.tar.gz`` holding
+    ``cifar10/train/<class>/*.jpg``). Class names come from the release's meta file or, for folders,
+    the sorted folder names (alphabetical is CIFAR-10's label order).
+    """
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    split = check_split(split, CIFAR_SPLITS, key)
+    path = Path(os.fspath(root)).expanduser() if root is not None else None
+    if path is not None and path.is_file():
+        archives = [path]
+    else:
+        folder = as_path(root, key)
+        try:
+            return read_cifar(folder, split, key)
+        except DataFormatError:
+            pass
+        if _has_split_folder(folder, split):
+            return read_image_folder(folder, split, image_size)
+        archives = find_archives(folder)
+    official = [a for a in archives if cifar_archive_kind(a, key)]
+    if official:
+        official.sort(key=lambda a: cifar_archive_kind(a, key) != "binary")  # binary first: no unpickling
+        return read_cifar_archive(official[0], split, key)
+    packed = [a for a in archives if archive_has_split(a, split)]
+    if packed:
+        return read_archive_folder(packed, split, image_size)
+    raise DataFormatError(
+        f"no {key} data for split '{split}' under '{root}'; expected the binary or python release "
+        f"(extracted or as the official .tar.gz), or image folders <split>/<class>/<image> (plain or in .tar.gz)."
+    )
+
+
 # name -> (root, split, image_size) -> (reader, the arguments load_dataset fixes)
 _READERS = {
     "digits": lambda root, split, size: (read_digits, {"split": split, "image_size": size or 32}),
-    "cifar10": lambda root, split, size: (read_cifar, {"root": root, "split": split, "name": "cifar10"}),
-    "cifar100": lambda root, split, size: (read_cifar, {"root": root, "split": split, "name": "cifar100"}),
+    "cifar10": lambda root, split, size: (read_cifar_any, {"root": root, "split": split, "name": "cifar10",
+                                                           "image_size": size}),
+    "cifar100": lambda root, split, size: (read_cifar_any, {"root": root, "split": split, "name": "cifar100",
+                                                            "image_size": size}),
     "svhn": lambda root, split, size: (read_svhn, {"root": root, "split": split}),
     "stl10": lambda root, split, size: (read_stl10, {"root": root, "split": split, "image_size": size}),
     "folder": lambda root, split, size: (read_image_folder,
@@ -121,13 +176,14 @@ _READERS = {
 
 
 def load_dataset(name: str, split: str = "train", root=None, image_size: Optional[int] = None,
-                 **kwargs) -> ImageSet:
+                 cache: bool = True, cache_dir=None, **kwargs) -> ImageSet:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and return its ``split`` as an ImageSet.
 
-    ``root`` is the folder holding the files (not needed for "digits"). With ``image_size`` the
-    images come back as ``image_size`` x ``image_size`` (bilinear on float, then quantised, for
-    every format). Extra keyword arguments go to the format's reader (e.g. ``channels`` and
-    ``test_fraction`` for digits).
+    ``root`` is the folder (or archive) holding the files (not needed for "digits"). With
+    ``image_size`` the images come back as ``image_size`` x ``image_size`` (bilinear on float, then
+    quantised, for every format). Extra keyword arguments go to the format's reader (e.g.
+    ``channels`` and ``test_fraction`` for digits). File-based data sets go through the decode cache
+    (:mod:`~lightning_ssl_backdoor.data.cache`; ``cache=False`` skips it, ``cache_dir`` moves it).
     """
     key = str(name).strip().lower().replace("-", "").replace("_", "")
     if key not in DATASET_NAMES:
@@ -136,8 +192,18 @@ def load_dataset(name: str, split: str = "train", root=None, image_size: Optiona
     if key != "digits" and (root is None or (isinstance(root, str) and not root.strip())):
         raise ConfigError(f"dataset '{key}' needs root=<folder with its files>; only 'digits' is bundled.")
     reader, fixed = _READERS[key](root, split, size)
-    data = _call(reader, key, kwargs, **fixed)
-    if size is not None and tuple(data.images.shape[-2:]) != (size, size):
-        data = ImageSet(images=resize_images(data.images, size), labels=data.labels,
-                        classes=data.classes, true_labels=data.true_labels)
-    return data
+
+    def load() -> ImageSet:
+        data = _call(reader, key, kwargs, **fixed)
+        if size is not None and tuple(data.images.shape[-2:]) != (size, size):
+            data = ImageSet(images=resize_images(data.images, size), labels=data.labels,
+                            classes=data.classes, true_labels=data.true_labels)
+        return data
+
+    if key == "digits" or not cache:
+        return load()
+    source = Path(os.fspath(root)).expanduser()
+    if not source.exists():
+        raise DataFormatError(f"the {key} root '{source}' does not exist; point root at your copy of the data.")
+    return cached_load(load, source, cache_dir, dataset=key, split=str(split), image_size=size,
+                       options=sorted(kwargs.items()))

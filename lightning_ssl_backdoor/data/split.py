@@ -68,6 +68,24 @@ class PoisonedSplit(SSLSplit):
             )
 
 
+    def triggered_poison_mask(self) -> torch.Tensor:
+        """Which images of the poisoned pool carry the trigger (bool over that pool).
+
+        Every poison, unless the attack recorded a per-poison ``triggered`` array (DeNeB: only the
+        strong poisons carry it; the weak ones are the untriggered contrast). This is the set a
+        pseudo-label hijack has to reach, and what the hijack diagnostics count.
+        """
+        pool_mask = self.labeled_poison_mask if self.attack.get("pool") == "labeled" else self.unlabeled_poison_mask
+        arrays = self.attack.get("arrays") or {}
+        if "triggered" not in arrays or "position" not in arrays:
+            return pool_mask.clone()
+        out = torch.zeros_like(pool_mask)
+        trig = torch.as_tensor(arrays["triggered"]).to(torch.bool).reshape(-1)
+        pos = torch.as_tensor(arrays["position"]).to(torch.int64).reshape(-1)
+        out[pos[trig]] = True
+        return out & pool_mask
+
+
 def _per_class_counts(num_labeled: Optional[int], labels_per_class: Optional[int], c: int) -> list[int]:
     if (num_labeled is None) == (labels_per_class is None):
         raise ConfigError("give exactly one of num_labeled (total) or labels_per_class.")

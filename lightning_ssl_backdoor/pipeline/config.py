@@ -29,6 +29,10 @@ class DataConfig:
     mu: int = 7
     eval_batch_size: int = 512
     num_workers: int = 0
+    # classes and per-class labeled / unlabeled / test counts (lightning_ssl_backdoor.data.subset)
+    subset: Optional[dict] = None
+    # where decoded file-based data sets are cached (None: $SSL_BACKDOOR_CACHE or ~/.cache/...)
+    cache_dir: Optional[str] = None
 
 
 @dataclass

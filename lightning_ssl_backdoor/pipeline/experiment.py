@@ -30,11 +30,14 @@ def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
     from lightning_ssl_backdoor.data.readers import load_dataset
 
     d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size)
-    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size)
-    return make_split(
+    from lightning_ssl_backdoor.data.subset import subset_split
+
+    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
+    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
+    return subset_split(
         train,
         test,
+        d.subset,
         num_labeled=d.num_labeled,
         labels_per_class=None if d.num_labeled is not None else d.labels_per_class,
         include_labeled_in_unlabeled=d.include_labeled_in_unlabeled,
@@ -48,6 +51,7 @@ def split_key(cfg: ExperimentConfig, seed: int) -> str:
     return config_hash(
         "split", d.dataset, d.root, d.image_size, d.num_labeled, d.labels_per_class,
         d.num_unlabeled, d.include_labeled_in_unlabeled, seed,
+        *([d.subset] if d.subset else []),
     )
 
 

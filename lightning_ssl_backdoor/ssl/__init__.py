@@ -10,6 +10,7 @@ from lightning_ssl_backdoor.ssl.fixmatch import FixMatch
 from lightning_ssl_backdoor.ssl.flexmatch import FlexMatch
 from lightning_ssl_backdoor.ssl.mean_teacher import MeanTeacher
 from lightning_ssl_backdoor.ssl.mixmatch import MixMatch
+from lightning_ssl_backdoor.ssl.oracle import FixMatchOracle
 from lightning_ssl_backdoor.ssl.pi_model import PiModel
 from lightning_ssl_backdoor.ssl.pseudo_label import PseudoLabel
 from lightning_ssl_backdoor.ssl.supervised import Supervised
@@ -26,11 +27,13 @@ ALGORITHMS = {
     "mixmatch": MixMatch,
     "uda": UDA,
     "flexmatch": FlexMatch,
+    "fixmatch_oracle": FixMatchOracle,
 }
 
 __all__ = [
     "ALGORITHMS",
     "FixMatch",
+    "FixMatchOracle",
     "FlexMatch",
     "MeanTeacher",
     "MixMatch",

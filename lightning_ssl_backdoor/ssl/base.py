@@ -49,10 +49,11 @@ from lightning_ssl_backdoor.models.interface import resolve_model
 from lightning_ssl_backdoor.models.weights import load_initial_weights
 from lightning_ssl_backdoor.ssl.batch import BATCH_LAYOUT, check_batch_layout
 from lightning_ssl_backdoor.ssl.evaluation import BackdoorEvaluation
+from lightning_ssl_backdoor.ssl.hijack import HijackDiagnostics
 
 __all__ = ["BATCH_LAYOUT", "SSLModule", "check_batch_layout", "load_initial_weights"]
 
-class SSLModule(BackdoorEvaluation, pl.LightningModule):
+class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
     """Base class. Args are shared by every algorithm.
 
     Args:
@@ -335,11 +336,13 @@ class SSLModule(BackdoorEvaluation, pl.LightningModule):
     # ------------------------------------------------- checkpoint RNG state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_cpu"] = torch.get_rng_state()
+        checkpoint["hijack_step0"] = getattr(self, "_hijack_step0", None)
         if torch.cuda.is_available():
             checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_rng = (checkpoint.get("rng_cpu"), checkpoint.get("rng_cuda"))
+        self._hijack_step0 = checkpoint.get("hijack_step0")
 
     def _restore_rng_if_resumed(self) -> None:
         """After a resume, restore the RNG state saved with the checkpoint right before the first

@@ -8,6 +8,7 @@ under DDP. During training the share of poisoned and clean unlabeled samples pse
 target and passing the confidence mask is accumulated and logged at each validation
 (``backdoor/*``).
 
+The hijack share of the triggered poisons (:mod:`.hijack`) is set up and logged from these hooks.
 The mixin reads the module's ``model``, ``ema_model``, ``target``, ``target_image``,
 ``has_trigger``, ``_poison_mask``, ``_bd_counts`` and ``_fmt``, all set by ``SSLModule.__init__``.
 """
@@ -35,6 +36,7 @@ class BackdoorEvaluation:
             info = (getattr(dm.split, "attack", None) or {}).get("info") or {}
             if info.get("target_image") is not None:
                 self.target_image = int(info["target_image"])
+            self._setup_hijack(dm)
         self._build_eval_metrics()
 
     def _build_eval_metrics(self) -> None:
@@ -87,10 +89,14 @@ class BackdoorEvaluation:
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_train_start(self) -> None:
+        self._hijack_on_train_start()
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
         if self.trainer is not None and not self.trainer.sanity_checking:
             self._flush_backdoor_stats()
+            self._log_hijack()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
