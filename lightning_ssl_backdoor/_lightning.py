@@ -3,8 +3,8 @@
 Lightning ships the same trainer under two package names, and their classes are distinct: a
 ``pytorch_lightning.LightningModule`` is not a ``lightning.pytorch.LightningModule``, so
 ``lightning.Trainer().fit(module)`` refuses a module built on the other namespace. Every Lightning
-import of this package goes through this file, which picks one namespace once, when the package
-is first imported, by this rule:
+import of this package goes through this file, which picks one namespace once (the first time a
+module of the package that needs Lightning is imported) by this rule:
 
 1. the environment variable ``SSL_BACKDOOR_LIGHTNING`` (``lightning`` or ``pytorch_lightning``)
    forces it;
