@@ -190,3 +190,15 @@ def test_surrogate_trains_own_model_instance_and_class_path(tmp_path, split):
     assert torch.equal(a.head.weight, b.head.weight)  # built and trained under the seed
     back = load_surrogate(save_surrogate(a, tmp_path / "spec.safetensors"))
     assert isinstance(back, TinyNet) and torch.equal(back.head.weight, a.head.weight)
+
+
+def test_architecture_files_do_not_import_the_registry():
+    """registry -> architectures, never the reverse (the old import circle)."""
+    from pathlib import Path
+
+    import lightning_ssl_backdoor.models as models
+
+    folder = Path(models.__file__).parent
+    for name in ("resnet.py", "tiny.py", "vgg.py", "wideresnet.py", "classifier.py", "weights.py"):
+        assert "models.registry" not in (folder / name).read_text(), name
+    assert set(models.ARCHS) == set(models.BUILDERS)
