@@ -87,7 +87,7 @@ def clustering_detection_only(run: str, seeds: list[int]) -> list[dict[str, Any]
     import yaml
 
     from lightning_ssl_backdoor.defenses.clustering_defense import ClusteringDefense
-    from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext
+    from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
     from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict
 
     cfg = config_from_dict(yaml.safe_load(CONFIG.read_text()))
@@ -96,7 +96,7 @@ def clustering_detection_only(run: str, seeds: list[int]) -> list[dict[str, Any]
     out = []
     for seed in seeds:
         split, _ = runner.attacked_split(seed, cfg.attacks[0])
-        ctx = DefenseContext(split, seed, cfg.algorithms[0], cfg.model, cfg.data, cfg.trainer,
+        ctx = defense_context(split, seed, cfg.algorithms[0], cfg.model, cfg.data, cfg.trainer,
                              Path(run) / "cache" / f"clustering-detect-{seed}", progress=False)
         _, info = ClusteringDefense(**spec.init_args).filter(split, ctx)
         keys = ("auroc", "recall", "fpr", "num_removed", "num_poison", "flagged_cluster_sizes")

@@ -2,7 +2,7 @@
 other recording regimes? Records, scores and explains; no retraining.
 
 For each regime and seed, the attacked split of ``configs/experiments/carlini_digits.yaml`` is trained
-once while :class:`~lightning_ssl_backdoor.pipeline.dynamics.TrainingDynamicsRecorder` stores the
+once while :class:`~lightning_ssl_backdoor.defenses.dynamics.TrainingDynamicsRecorder` stores the
 unlabeled predictions, and the history is scored with Sec. 5.3's influence (lag 1) and the co-movement
 variant (lag 0, a diagnostic), at the recorded interval and at every 5th record. Beside AUROC and the
 share of poisons below the clean 5th percentile it reports why the ranking comes out as it does:
@@ -86,7 +86,7 @@ def record_one(run: str, regime: str, seed: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     from lightning_ssl_backdoor.data.artifacts import load_arrays
     from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
-    from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext
+    from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
     from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict
 
     d, record = _config(regime)
@@ -94,7 +94,7 @@ def record_one(run: str, regime: str, seed: int) -> dict[str, Any]:
     runner = Runner(cfg, Path(run), progress=False)
     split, _ = runner.attacked_split(seed, cfg.attacks[0])
     stage = Path(run) / "regimes" / f"{regime}-{seed}"
-    ctx = DefenseContext(split, seed, cfg.algorithms[0], cfg.model, cfg.data, cfg.trainer, stage, progress=False)
+    ctx = defense_context(split, seed, cfg.algorithms[0], cfg.model, cfg.data, cfg.trainer, stage, progress=False)
     keys = ("every_n_steps", "k", "use_ema")
     defense = InfluenceDefense(**{k: v for k, v in record.items() if k in keys}, figure=False)
     history, res = defense.record(split, ctx)

@@ -17,9 +17,10 @@ from lightning_ssl_backdoor.data.artifacts import save_arrays
 from lightning_ssl_backdoor.defenses.clustering_defense import ClusteringDefense, FeatureSnapshot
 from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense, filter_unlabeled
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
-from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
-from lightning_ssl_backdoor.pipeline.dynamics import TrainingDynamicsRecorder
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.defenses import DefenseContext, build_defense
+from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
+from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ class StubTrainer:
 
 
 def make_ctx(split, tmp_path, stub) -> DefenseContext:
-    return DefenseContext(split, 0, Spec("fixmatch"), {"arch": "tiny_cnn"}, DataConfig(dataset="digits"),
+    return defense_context(split, 0, Spec("fixmatch"), {"arch": "tiny_cnn"}, DataConfig(dataset="digits"),
                           TrainerConfig(max_steps=7, val_check_interval=7, accelerator="cpu"), tmp_path / "stage",
                           progress=False, trainer_fn=stub)
 

@@ -26,8 +26,8 @@ def test_every_config_folder_is_covered():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/defense").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_defense_config_builds(path):
-    from lightning_ssl_backdoor.pipeline.config import Spec
-    from lightning_ssl_backdoor.pipeline.defense_stage import Defense, build_defense
+    from lightning_ssl_backdoor.spec import Spec
+    from lightning_ssl_backdoor.defenses import Defense, build_defense
 
     spec = yaml.safe_load(path.read_text())
     defense = build_defense(Spec(name=spec["name"], init_args=spec.get("init_args") or {}))

@@ -36,7 +36,7 @@ from lightning_ssl_backdoor.defenses.dbd.views import apply_affine
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import nt_xent_loss, symmetric_cross_entropy
 from lightning_ssl_backdoor.models import build_model
-from lightning_ssl_backdoor.pipeline.defense_stage import defense_class
+from lightning_ssl_backdoor.defenses import defense_class
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(arch="tiny_cnn", num_classes=10, in_channels=3, weak_pad=1, model_kwargs={"width": 4})
@@ -380,8 +380,8 @@ def test_dbd_lowers_asr_on_a_tiny_poison_label_setting(tmp_path):
     (stages 2 and 3, on a backbone brought via ``backbone_checkpoint`` that never saw the poisons:
     SimCLR's own purification needs more steps than a unit test affords; see dbd_digits.yaml) keeps
     the poisons out of the high-credible set and ends with a low ASR and the same clean accuracy."""
-    from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
-    from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext
+    from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+    from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
     from lightning_ssl_backdoor.pipeline.training import train_row
 
     split = make_split(_pattern_set(400, 0), _pattern_set(200, 1), labels_per_class=60, seed=0)
@@ -400,7 +400,7 @@ def test_dbd_lowers_asr_on_a_tiny_poison_label_setting(tmp_path):
         nn.functional.cross_entropy(pre(clean.images[idx].float() / 255), clean.labels[idx]).backward()
         opt.step()
     backbone = save_model_state(pre, tmp_path / "backbone.pt")
-    ctx = DefenseContext(split, 0, Spec("supervised"), model, data, trainer, tmp_path / "dbd", progress=False)
+    ctx = defense_context(split, 0, Spec("supervised"), model, data, trainer, tmp_path / "dbd", progress=False)
     res = DBD(backbone_checkpoint=str(backbone), linear={"steps": 60, "batch_size": 64, "lr": 0.01},
               finetune={"steps": 60, "batch_size": 32, "rerank_every": 10}).run(ctx)
     assert none["test"]["asr"] >= 0.8 and none["test"]["acc"] >= 0.9

@@ -32,8 +32,9 @@ from lightning_ssl_backdoor.defenses.depud import (
 )
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.models import build_model
-from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
-from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.defenses import DefenseContext, build_defense
+from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.ssl import FixMatch, MixMatch, Supervised
 
 torch.set_num_threads(1)
@@ -224,7 +225,7 @@ def test_purified_subclass_factory_and_batch_path(tmp_path):
     cls = purified(FixMatch)
     assert purified(FixMatch) is cls and purified(cls) is cls
     assert issubclass(cls, FixMatch) and issubclass(cls, PurificationMixin)
-    from lightning_ssl_backdoor.pipeline.training import resolve_algorithm
+    from lightning_ssl_backdoor.ssl import resolve_algorithm
 
     assert resolve_algorithm(purified_class_path(FixMatch)) is cls
     assert resolve_algorithm("lightning_ssl_backdoor.defenses.depud.purify.PurifiedMixMatch") is purified(MixMatch)
@@ -265,7 +266,7 @@ def test_purified_subclass_factory_and_batch_path(tmp_path):
 
 
 def _ctx(tmp_path: Path, split, algorithm: str = "fixmatch", steps: int = 2) -> DefenseContext:
-    return DefenseContext(
+    return defense_context(
         split=split, seed=0, algorithm=Spec(algorithm, {"threshold": 0.5} if algorithm == "fixmatch" else {}),
         model_args={"arch": "tiny_cnn", "model_kwargs": {"width": 4}, "weak_pad": 1, "ema_decay": 0.9},
         data=DataConfig(batch_size=4, mu=2, eval_batch_size=64), progress=False,

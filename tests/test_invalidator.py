@@ -26,9 +26,10 @@ from lightning_ssl_backdoor.defenses.invalidator_core import (
 )
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import complementary_loss
-from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
-from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
-from lightning_ssl_backdoor.pipeline.training import resolve_algorithm
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.defenses import DefenseContext, build_defense
+from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
+from lightning_ssl_backdoor.ssl import resolve_algorithm
 from lightning_ssl_backdoor.ssl import FixMatch, FlexMatch, MixMatch, SSLModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +301,7 @@ def test_transition_matrix_logged_as_image(tmp_path, digits_split):
 
 # -------------------------------------------------------------------------- the defense
 def _ctx(tmp_path, digits_split, algorithm):
-    return DefenseContext(digits_split, 0, algorithm, {}, DataConfig(), TrainerConfig(), tmp_path)
+    return defense_context(digits_split, 0, algorithm, {}, DataConfig(), TrainerConfig(), tmp_path)
 
 
 @pytest.mark.parametrize("name,cls", [("fixmatch", bi.InvalidatedFixMatch), ("flexmatch", bi.InvalidatedFlexMatch),
@@ -313,7 +314,7 @@ def test_defense_swaps_in_the_invalidated_class(tmp_path, digits_split, name, cl
 
 
 def test_defense_run_trains_with_bi_and_reports_the_transition_matrix(tmp_path, digits_split):
-    ctx = DefenseContext(
+    ctx = defense_context(
         digits_split, 0, Spec("fixmatch", {"threshold": 0.0}),
         {"arch": "tiny_cnn", "weak_pad": 1, "model_kwargs": {"width": 4}, "ema_decay": 0.9},
         DataConfig(image_size=8, labels_per_class=5, batch_size=4, mu=2, eval_batch_size=500),

@@ -1,7 +1,27 @@
-"""Data-stage defenses: detectors that score every training example (higher = more suspicious)."""
+"""Defenses: the interface and registry (:mod:`~lightning_ssl_backdoor.defenses.base`), the data-stage
+detectors that score every training example (higher = more suspicious), and the registered defenses.
 
+Importing this package registers every defense (``defenses.base.DEFENSES``); nothing here imports
+the experiment runner.
+"""
+
+from lightning_ssl_backdoor.defenses.base import (
+    DEFENSES,
+    DataDefense,
+    Defense,
+    DefenseContext,
+    ModelDefense,
+    TrainedModel,
+    build_defense,
+    defense_class,
+    register_defense,
+)
 from lightning_ssl_backdoor.defenses.clustering import cluster_detect, single_linkage_heights
+from lightning_ssl_backdoor.defenses.clustering_defense import ClusteringDefense
+from lightning_ssl_backdoor.defenses.dbd import DBD
+from lightning_ssl_backdoor.defenses.depud import DePuD
 from lightning_ssl_backdoor.defenses.detector import DetectionResult, keep_mask_from_scores
+from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
 from lightning_ssl_backdoor.defenses.influence import (
     chunked_knn,
     delta_roughness,
@@ -12,11 +32,27 @@ from lightning_ssl_backdoor.defenses.influence import (
     plot_influence_histogram,
     self_influence,
 )
+from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
+from lightning_ssl_backdoor.defenses.invalidator import Invalidator
 
 __all__ = [
+    "ClusteringDefense",
+    "DBD",
+    "DEFENSES",
+    "DataDefense",
+    "DePuD",
+    "Defense",
+    "DefenseContext",
     "DetectionResult",
+    "InfluenceDefense",
+    "Invalidator",
+    "ModelDefense",
+    "TrainedModel",
+    "TrainingDynamicsRecorder",
+    "build_defense",
     "chunked_knn",
     "cluster_detect",
+    "defense_class",
     "delta_roughness",
     "influence_detect",
     "influence_scores",
@@ -24,6 +60,7 @@ __all__ = [
     "keep_mask_from_scores",
     "pair_dots",
     "plot_influence_histogram",
+    "register_defense",
     "self_influence",
     "single_linkage_heights",
 ]

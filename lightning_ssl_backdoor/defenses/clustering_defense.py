@@ -22,7 +22,7 @@ import torch
 from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.defenses.influence_defense import detection_info, filter_unlabeled, poison_mask_of
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.pipeline.defense_stage import DataDefense, DefenseContext, register_defense
+from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
 
 __all__ = ["ClusteringDefense", "FeatureSnapshot"]
 

@@ -3,7 +3,7 @@
 Stages, cached under ``ctx.stage_dir``:
 
 1. ``record/``: the row's algorithm trains once on the attacked split through the runner's resumable
-   ``ctx.train`` while :class:`~lightning_ssl_backdoor.pipeline.dynamics.TrainingDynamicsRecorder`
+   ``ctx.train`` while :class:`~lightning_ssl_backdoor.defenses.dynamics.TrainingDynamicsRecorder`
    stores the softmax prediction of every unlabeled example every ``every_n_steps`` steps
    (``record/dynamics.npz``; reused when present);
 2. :func:`~lightning_ssl_backdoor.defenses.influence.influence_scores` turns the ``[K, N, C]``
@@ -42,7 +42,7 @@ from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.split import PoisonedSplit
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import detection_metrics
-from lightning_ssl_backdoor.pipeline.defense_stage import DataDefense, DefenseContext, register_defense
+from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
 
 __all__ = [
     "InfluenceDefense", "filter_unlabeled", "detection_info", "dynamics_diagnostics", "poison_mask_of",
@@ -260,7 +260,7 @@ class InfluenceDefense(DataDefense):
         """Stage 1 (cached): train while recording; returns the ``[K, N, C]`` history and the
         recording run's result."""
         from lightning_ssl_backdoor.data.artifacts import load_arrays
-        from lightning_ssl_backdoor.pipeline.dynamics import TrainingDynamicsRecorder
+        from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
 
         path = Path(ctx.stage_dir) / "record" / "dynamics.npz"
         steps = self.record_steps or ctx.trainer.max_steps

@@ -58,9 +58,9 @@ from lightning_ssl_backdoor.defenses.invalidator_core import (
 )
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import complementary_loss
-from lightning_ssl_backdoor.pipeline.config import Spec
-from lightning_ssl_backdoor.pipeline.defense_stage import Defense, DefenseContext, register_defense
-from lightning_ssl_backdoor.ssl import FixMatch, FlexMatch, MixMatch
+from lightning_ssl_backdoor.spec import Spec
+from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
+from lightning_ssl_backdoor.ssl import FixMatch, FlexMatch, MixMatch, resolve_algorithm
 
 __all__ = [
     "INVALIDATED",
@@ -400,8 +400,6 @@ class Invalidator(Defense):
         self.options = dict(options)
 
     def algorithm(self, ctx: DefenseContext) -> Spec:
-        from lightning_ssl_backdoor.pipeline.training import resolve_algorithm
-
         cls = invalidated_class(resolve_algorithm(ctx.algorithm.name))
         init_args = {**ctx.algorithm.init_args, **self.options}
         return Spec(f"{cls.__module__}.{cls.__name__}", init_args, ctx.algorithm.label)

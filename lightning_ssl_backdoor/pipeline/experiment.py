@@ -23,6 +23,8 @@ from lightning_ssl_backdoor.data import SSLSplit, make_split
 from lightning_ssl_backdoor.data.artifacts import sha256_array
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.config import DataConfig, ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
+from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.pipeline.training import train_row
 
 
@@ -143,17 +145,13 @@ class Runner:
         tkey = config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
                            asdict(self.cfg.trainer), seed, None if defense is None else asdict(defense))
         if defense is not None:
-            from lightning_ssl_backdoor.pipeline.defense_stage import DefenseContext, build_defense
-
-            ctx = DefenseContext(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
-                                 self.cache / f"defense-{tkey}", progress=self.progress)
+            ctx = defense_context(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
+                                  self.cache / f"defense-{tkey}", progress=self.progress)
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"
         callbacks = []
         if self.cfg.dynamics_every:
-            from lightning_ssl_backdoor.pipeline.dynamics import TrainingDynamicsRecorder
-
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
         res = train_row(
             split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,

@@ -10,30 +10,18 @@ from typing import Any, Optional
 from lightning_ssl_backdoor._lightning import pl
 import torch
 from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
+from lightning_ssl_backdoor._lightning import TensorBoardLogger
+from safetensors.torch import load_file, save
+from torch import nn
 
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
-from lightning_ssl_backdoor.data.artifacts import atomic_write_json
-from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.pipeline.config import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.data.artifacts import atomic_write, atomic_write_json
+from lightning_ssl_backdoor.defenses.base import DefenseContext, TrainedModel
+from lightning_ssl_backdoor.errors import ArtifactError
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.ssl import SSLModule, resolve_algorithm
 
-
-def resolve_algorithm(name: str):
-    """An algorithm name from ``ssl.ALGORITHMS`` or a dotted class path."""
-    from lightning_ssl_backdoor import ssl
-
-    if name in ssl.ALGORITHMS:
-        return ssl.ALGORITHMS[name]
-    if "." in name:
-        import importlib
-
-        mod, _, cls = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError):
-            raise ConfigError(f"cannot import algorithm class {name!r}.") from None
-    raise ConfigError(
-        f"unknown algorithm {name!r}; choose one of {sorted(ssl.ALGORITHMS)} or give a class path."
-    )
+__all__ = ["MetricHistory", "evaluate_model", "load_trained", "resolve_algorithm", "train_row"]
 
 
 class MetricHistory(Callback):
@@ -73,24 +61,21 @@ def train_row(
     workdir: Path,
     enable_progress_bar: bool = True,
     extra_callbacks: Optional[list[Callback]] = None,
+    save_model: bool = False,
 ) -> dict[str, Any]:
     """Fit ``algorithm`` on ``split`` in ``workdir`` (resuming from ``last.ckpt``), then test.
 
     Returns the test metrics of the last model (never selected on the test set), the validation
-    history over steps and the wall-clock seconds. ``workdir/metrics.json`` marks completion.
+    history over steps and the wall-clock seconds. ``workdir/metrics.json`` marks completion. With
+    ``save_model`` the final weights (raw and EMA) are kept in ``workdir/model.safetensors`` (the
+    result's ``model_path``) for :func:`load_trained`.
     """
     done = workdir / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = SSLDataModule(
-        **{k: v for k, v in vars(data).items()},
-        seed=seed,
-        split=split,
-    )
-    cls = resolve_algorithm(algorithm.name)
-    kwargs = {**model_args, **algorithm.init_args}
-    module = cls(num_classes=dm.num_classes, in_channels=dm.in_channels, **kwargs)
+    dm = _datamodule(split, data, seed)
+    module = _build_module(dm, algorithm, model_args)
     ckpt_dir = workdir / "checkpoints"
     history = MetricHistory(workdir / "history.json")
     checkpoint = ModelCheckpoint(
@@ -100,8 +85,6 @@ def train_row(
         save_top_k=0,
         every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
     )
-    from lightning_ssl_backdoor._lightning import TensorBoardLogger
-
     trainer = pl.Trainer(
         max_steps=trainer_cfg.max_steps,
         val_check_interval=trainer_cfg.val_check_interval,
@@ -131,6 +114,62 @@ def train_row(
         "steps": int(trainer.global_step),
         "has_ema": module.ema_model is not None,
     }
+    if save_model:
+        result["model_path"] = str(workdir / MODEL_FILE)
     if trainer.is_global_zero:
+        if save_model:
+            _save_weights(module, workdir / MODEL_FILE)
         atomic_write_json(done, result)
     return result
+
+
+MODEL_FILE = "model.safetensors"
+
+
+def _datamodule(split: SSLSplit, data: DataConfig, seed: int) -> SSLDataModule:
+    return SSLDataModule(**vars(data), seed=seed, split=split)
+
+
+def _build_module(dm: SSLDataModule, algorithm: Spec, model_args: dict) -> SSLModule:
+    cls = resolve_algorithm(algorithm.name)
+    return cls(num_classes=dm.num_classes, in_channels=dm.in_channels, **{**model_args, **algorithm.init_args})
+
+
+def _save_weights(module: SSLModule, path: Path) -> None:
+    """The classifier's final weights, ``raw.*`` and (when kept) ``ema.*``, as safetensors."""
+    state = {f"raw.{k}": v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    if module.ema_model is not None:
+        state.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in module.ema_model.state_dict().items()})
+    atomic_write(path, lambda fh: fh.write(save(state)))
+
+
+def load_trained(result: dict[str, Any], ctx: DefenseContext) -> TrainedModel:
+    """The classifiers a ``train_row(..., save_model=True)`` result kept (a defense's ``ctx.load_model``)."""
+    path = Path(result.get("model_path") or "")
+    if not path.is_file():
+        raise ArtifactError(f"no trained weights at {path}; train with save_model=True (ctx.train(..., save_model=True)).")
+    module = _build_module(_datamodule(ctx.split, ctx.data, ctx.seed), ctx.algorithm, ctx.model_args)
+    state = load_file(str(path))
+    module.model.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("raw.")})
+    if module.ema_model is not None and any(k.startswith("ema.") for k in state):
+        module.ema_model.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+        for p in module.ema_model.parameters():
+            p.requires_grad_(True)
+        return TrainedModel(module.model.eval(), module.ema_model.eval())
+    return TrainedModel(module.model.eval(), None)
+
+
+def evaluate_model(model: nn.Module, ctx: DefenseContext) -> dict[str, float]:
+    """Test metrics of ``model`` on the row's test set and trigger, exactly as :func:`train_row`
+    reports them (``acc``, ``asr``, ``asr_cond``, ``targeted``; one model, so no ``_ema`` keys)."""
+    dm = _datamodule(ctx.split, ctx.data, ctx.seed)
+    module = _build_module(dm, ctx.algorithm, {**ctx.model_args, "init_weights": None})
+    module.model, module.ema_model = model, None
+    tc = ctx.trainer
+    trainer = pl.Trainer(
+        accelerator=tc.accelerator, devices=1, precision=tc.precision, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=str(ctx.stage_dir),
+    )
+    tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+    return {k.split("/", 1)[1]: float(v) for k, v in tested.items() if k.startswith("test/")}

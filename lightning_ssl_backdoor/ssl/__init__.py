@@ -5,6 +5,9 @@ iterative self-training defense of Pal et al. is a driver over several Trainers,
 LightningModule: see :mod:`lightning_ssl_backdoor.ssl.self_training`.
 """
 
+import importlib
+
+from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.ssl.base import SSLModule
 from lightning_ssl_backdoor.ssl.fixmatch import FixMatch
 from lightning_ssl_backdoor.ssl.flexmatch import FlexMatch
@@ -30,6 +33,21 @@ ALGORITHMS = {
     "fixmatch_oracle": FixMatchOracle,
 }
 
+
+
+def resolve_algorithm(name: str) -> type[SSLModule]:
+    """An algorithm name from :data:`ALGORITHMS` or a dotted class path (``package.module.Class``)."""
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    if "." in name:
+        mod, _, cls = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError):
+            raise ConfigError(f"cannot import algorithm class {name!r}.") from None
+    raise ConfigError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)} or give a class path.")
+
+
 __all__ = [
     "ALGORITHMS",
     "FixMatch",
@@ -43,4 +61,5 @@ __all__ = [
     "Supervised",
     "UDA",
     "VAT",
+    "resolve_algorithm",
 ]

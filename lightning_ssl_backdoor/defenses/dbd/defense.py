@@ -56,8 +56,8 @@ from lightning_ssl_backdoor.defenses.dbd.finetune import DBDFineTune
 from lightning_ssl_backdoor.defenses.dbd.linear_head import LinearHead
 from lightning_ssl_backdoor.defenses.dbd.simclr import ExportModel, SimCLR
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.pipeline.config import Spec, config_hash
-from lightning_ssl_backdoor.pipeline.defense_stage import Defense, DefenseContext, register_defense
+from lightning_ssl_backdoor.spec import Spec, config_hash
+from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
 THREAT_MODELS = ("auto", "poisoned_labels", "poisoned_unlabeled")

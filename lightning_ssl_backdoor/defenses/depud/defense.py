@@ -51,8 +51,9 @@ from lightning_ssl_backdoor.defenses.depud.gradcam import compute_masks, grad_ca
 from lightning_ssl_backdoor.defenses.depud.purify import MODES, load_masks, purified_class_path, save_masks
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import auroc, detection_metrics
-from lightning_ssl_backdoor.pipeline.config import Spec, config_hash
-from lightning_ssl_backdoor.pipeline.defense_stage import Defense, DefenseContext, register_defense
+from lightning_ssl_backdoor.spec import Spec, config_hash
+from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
+from lightning_ssl_backdoor.ssl import resolve_algorithm
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
 PURIFY_SCOPES = ("all", "flagged", "weighted")
@@ -197,8 +198,6 @@ class DePuD(Defense):
 
     # --------------------------------------------------------------------- run
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
-        from lightning_ssl_backdoor.pipeline.training import resolve_algorithm
-
         split = ctx.split
         base_cls = resolve_algorithm(ctx.algorithm.name)
         algo_path = purified_class_path(base_cls)  # fails early on a non-SSLModule algorithm

@@ -1,0 +1,226 @@
+"""The defense interface: :class:`Defense`, its three shapes, :class:`DefenseContext` and the registry.
+
+A defense is a class registered under a name (``defense: {name: ..., init_args: {...}}`` in an
+experiment config). The runner builds it with :func:`build_defense`, hands it a
+:class:`DefenseContext` and takes what :meth:`Defense.run` returns as the row's result::
+
+    {"test": {"acc", "asr", "asr_cond", ... (and "_ema" twins when has_ema)}, "history": [...],
+     "fit_seconds": float, "steps": int, "has_ema": bool, "defense_info": {...}}
+
+The context carries the attacked split (``ctx.split``: the defender sees ``split.labeled`` and
+``split.unlabeled``; the test set is only for the evaluation the runner reports), the row's
+algorithm, model, data and trainer settings, a cache folder ``ctx.stage_dir`` keyed by everything
+that determines the stage, and the runner's calls. Defenses never import the runner
+(:mod:`lightning_ssl_backdoor.pipeline`); the runner sets the calls when it builds the context:
+
+- ``ctx.train(split, name=..., algorithm=..., ...)``: the runner's cached, resumable training of one
+  model in ``stage_dir / name`` (``train_fn``, mandatory);
+- ``ctx.load_model(result)``: the trained classifier(s) of a ``ctx.train(..., save_model=True)``
+  result as a :class:`TrainedModel` (raw weights, and the EMA copy where the algorithm keeps one);
+- ``ctx.evaluate(model)``: the runner's test metrics of any classifier ``nn.Module`` on the row's
+  test set and attack trigger: ``{"acc", "asr", "asr_cond", "targeted"}`` (those that apply).
+
+Shapes (ARCHITECTURE.md, "How each defense plugs in"):
+
+- data-stage defenses subclass :class:`DataDefense` and implement ``filter(split, ctx)``; the row's
+  algorithm then trains on what they keep (clustering, influence, DePuD's purified data);
+- training plug-ins return a different algorithm spec from ``algorithm(ctx)`` (Backdoor Invalidator);
+- model-repair defenses subclass :class:`ModelDefense` and implement ``repair(model, ctx)``: the row's
+  model is trained as usual, then repaired with the defender's data (``ctx.split.labeled``, and
+  ``ctx.split.unlabeled`` where the method uses it) and evaluated (fine-tuning, fine-pruning, NAD,
+  ABL, Neural Cleanse, ...);
+- pipeline defenses override ``run`` and chain their own stages (DBD).
+
+Diagnostics a defense wants in the report go into ``ctx.info`` (merged into ``defense_info``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
+
+from torch import nn
+
+from lightning_ssl_backdoor.data import SSLSplit
+from lightning_ssl_backdoor.data.artifacts import atomic_write_json
+from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+
+#: name -> class of every registered defense (filled by :func:`register_defense` on import)
+DEFENSES: dict[str, type["Defense"]] = {}
+
+
+def register_defense(cls: type["Defense"]) -> type["Defense"]:
+    """Class decorator: make ``cls`` available as ``defense: {name: cls.name}``."""
+    if not cls.name:
+        raise ValueError("a registered defense needs a name")
+    DEFENSES[cls.name] = cls
+    return cls
+
+
+def defense_class(name: str) -> type["Defense"]:
+    """The registered defense called ``name`` (``lightning_ssl_backdoor.defenses``, the package this
+    module lives in, imports every defense, so all are registered once this module is loaded)."""
+    if name not in DEFENSES:
+        raise ConfigError(f"unknown defense '{name}'; choose one of {', '.join(sorted(DEFENSES))}.")
+    return DEFENSES[name]
+
+
+def build_defense(spec: Spec) -> "Defense":
+    """An instance of the defense ``spec`` names, built with its ``init_args``."""
+    cls = defense_class(spec.name)
+    try:
+        return cls(**spec.init_args)
+    except TypeError as e:
+        raise ConfigError(f"defense '{spec.name}' got invalid options: {e}.") from None
+
+
+@dataclass
+class TrainedModel:
+    """The classifiers of one trained row: raw weights and, where the algorithm keeps one, EMA."""
+
+    raw: nn.Module
+    ema: Optional[nn.Module] = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights the runner reports (EMA when there is one, as for undefended rows)."""
+        return self.ema if self.ema is not None else self.raw
+
+
+@dataclass(kw_only=True)
+class DefenseContext:
+    """Everything a defense may use (see the module docstring); the runner fills the ``*_fn`` calls.
+
+    ``train_fn`` has the signature of the runner's ``train_row(split, algorithm, model_args, data,
+    trainer, seed, workdir, enable_progress_bar=..., extra_callbacks=..., save_model=...)``;
+    ``load_fn(result, ctx)`` and ``evaluate_fn(model, ctx)`` back :meth:`load_model` and
+    :meth:`evaluate`.
+    """
+
+    split: SSLSplit
+    seed: int
+    algorithm: Spec
+    model_args: dict
+    data: DataConfig
+    trainer: TrainerConfig
+    stage_dir: Path
+    train_fn: Callable[..., dict]
+    load_fn: Optional[Callable[[dict, "DefenseContext"], TrainedModel]] = None
+    evaluate_fn: Optional[Callable[[nn.Module, "DefenseContext"], dict]] = None
+    progress: bool = True
+    info: dict = field(default_factory=dict)
+
+    def train(
+        self,
+        split: SSLSplit,
+        name: str = "train",
+        algorithm: Optional[Spec] = None,
+        model_args: Optional[dict] = None,
+        trainer: Optional[TrainerConfig] = None,
+        data: Optional[DataConfig] = None,
+        extra_callbacks: Optional[list] = None,
+        save_model: bool = False,
+    ) -> dict[str, Any]:
+        """Train (or reuse the cached result of) one model in ``stage_dir / name``; with
+        ``save_model`` its final weights are kept for :meth:`load_model`."""
+        extra = {"save_model": True} if save_model else {}
+        return self.train_fn(
+            split,
+            algorithm or self.algorithm,
+            self.model_args if model_args is None else model_args,
+            data or self.data,
+            trainer or self.trainer,
+            self.seed,
+            self.stage_dir / name,
+            enable_progress_bar=self.progress,
+            extra_callbacks=extra_callbacks,
+            **extra,
+        )
+
+    def load_model(self, result: dict[str, Any]) -> TrainedModel:
+        """The trained classifier(s) of a :meth:`train` result made with ``save_model=True``."""
+        if self.load_fn is None:
+            raise ConfigError("this defense context has no load_fn; build it with the runner's defense_context().")
+        return self.load_fn(result, self)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The runner's test metrics (CA, ASR, conditioned ASR, ...) of ``model`` on this row."""
+        if self.evaluate_fn is None:
+            raise ConfigError("this defense context has no evaluate_fn; build it with the runner's defense_context().")
+        return self.evaluate_fn(model, self)
+
+    def with_trainer(self, **changes: Any) -> TrainerConfig:
+        return replace(self.trainer, **changes)
+
+
+class Defense:
+    """Base class: ``run(ctx)`` returns the row result (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+
+    def algorithm(self, ctx: DefenseContext) -> Spec:
+        """The algorithm the defended model trains with (training plug-ins override this)."""
+        return ctx.algorithm
+
+    def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        res = dict(ctx.train(ctx.split, algorithm=self.algorithm(ctx)))
+        res["defense_info"] = dict(ctx.info)
+        return res
+
+
+class DataDefense(Defense):
+    """Detect / filter / purify the data, then train the row's algorithm on the result."""
+
+    def filter(self, split: SSLSplit, ctx: DefenseContext) -> tuple[SSLSplit, dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        split, info = self.filter(ctx.split, ctx)
+        res = dict(ctx.train(split, algorithm=self.algorithm(ctx)))
+        res["defense_info"] = {**ctx.info, **info}
+        return res
+
+
+class ModelDefense(Defense):
+    """Repair the trained model: train the row as usual, ``repair`` it, evaluate the result.
+
+    :meth:`run` trains the row's algorithm (cached in ``stage_dir / "train"``), loads the weights
+    the runner would report (EMA where there is one), calls ``repair(model, ctx)`` on a copy it
+    owns, and evaluates the returned module with ``ctx.evaluate``. The row reports the repaired
+    model's metrics (``has_ema`` False: one model is evaluated); ``defense_info`` adds
+    ``repaired_weights`` ("raw" / "ema"), ``before`` (the trained model's test metrics) and
+    ``repair_seconds``. The repaired result is cached in ``stage_dir / "repaired.json"``.
+    """
+
+    def repair(self, model: nn.Module, ctx: DefenseContext) -> nn.Module:
+        """Return the repaired classifier (may modify ``model`` in place and return it)."""
+        raise NotImplementedError
+
+    def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        trained = ctx.train(ctx.split, algorithm=self.algorithm(ctx), save_model=True)
+        done = ctx.stage_dir / "repaired.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        models = ctx.load_model(trained)
+        t0 = time.perf_counter()
+        repaired = self.repair(models.evaluated, ctx)
+        seconds = time.perf_counter() - t0
+        res = {
+            "test": ctx.evaluate(repaired),
+            "history": trained["history"],
+            "fit_seconds": trained["fit_seconds"] + seconds,
+            "steps": trained["steps"],
+            "has_ema": False,
+            "defense_info": {
+                **ctx.info,
+                "repaired_weights": "ema" if models.ema is not None else "raw",
+                "before": trained["test"],
+                "repair_seconds": round(seconds, 2),
+            },
+        }
+        atomic_write_json(done, res)
+        return res
