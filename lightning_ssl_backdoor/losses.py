@@ -1,4 +1,5 @@
-"""Loss functions for semi-supervised learning, backdoor defenses and their schedules.
+"""Loss functions for semi-supervised learning and backdoor defenses (their schedules: :mod:`.schedules`,
+re-exported here).
 
 Pure functions: logits or probabilities in, a scalar mean out unless a ``reduction`` says
 otherwise. Class targets are ``long`` tensors of class indices ``[B]``; soft targets are
@@ -8,7 +9,6 @@ probability tensors ``[B, C]``. Every function is checked against a per-sample l
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.schedules import cosine_rampdown, linear_rampup, sigmoid_rampup, tsa_threshold
 
 __all__ = [
     "active_passive_loss",
@@ -183,28 +184,6 @@ def uda_unlabeled_loss(
     log_q = torch.log_softmax(logits_strong, dim=1)
     kl = (log_t.exp() * (log_t - log_q)).sum(dim=1)
     return _masked_mean_over_all(kl, mask)
-
-
-def tsa_threshold(schedule: str, step: int, total_steps: int, num_classes: int) -> float:
-    """Training Signal Annealing threshold (UDA, Xie et al. 2020, Sec. 3.3).
-
-    ``eta_t = alpha_t * (1 - 1/K) + 1/K`` with ``t = clip(step / total_steps, 0, 1)`` and
-    ``alpha_t = t`` ('linear'), ``1 - exp(-5 t)`` ('log'), ``exp(5 (t - 1))`` ('exp').
-    """
-    if total_steps <= 0:
-        raise ConfigError(f"total_steps must be positive, got {total_steps}.")
-    if num_classes < 1:
-        raise ConfigError(f"num_classes must be positive, got {num_classes}.")
-    t = min(max(step / total_steps, 0.0), 1.0)
-    if schedule == "linear":
-        alpha = t
-    elif schedule == "log":
-        alpha = 1.0 - math.exp(-5.0 * t)
-    elif schedule == "exp":
-        alpha = math.exp(5.0 * (t - 1.0))
-    else:
-        raise ConfigError(f"TSA schedule must be 'linear', 'log' or 'exp', got {schedule!r}.")
-    return alpha * (1.0 - 1.0 / num_classes) + 1.0 / num_classes
 
 
 def tsa_mask(logits: torch.Tensor, targets: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -403,37 +382,3 @@ def complementary_loss(
     log_q = torch.log(q.clamp(min=COMPLEMENTARY_EPS))
     marked = torch.where(complementary_mask, log_q, torch.zeros_like(log_q)).sum()
     return -marked / complementary_mask.sum().clamp(min=1).to(log_q.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Schedules
-# --------------------------------------------------------------------------------------------
-
-
-def _progress(step: float, length: float) -> float:
-    if length < 0:
-        raise ConfigError(f"ramp length must be non-negative, got {length}.")
-    if length == 0:
-        return 1.0
-    return min(max(float(step) / float(length), 0.0), 1.0)
-
-
-def linear_rampup(step: float, length: float) -> float:
-    """``clip(step / length, 0, 1)`` (1.0 when ``length == 0``); MixMatch's lambda_u ramp."""
-    return _progress(step, length)
-
-
-def sigmoid_rampup(step: float, length: float) -> float:
-    """``exp(-5 (1 - t)^2)``, ``t = clip(step / length, 0, 1)`` (Laine & Aila 2017; Mean Teacher);
-    1.0 when ``length == 0``."""
-    if length == 0:
-        return 1.0
-    t = _progress(step, length)
-    return float(math.exp(-5.0 * (1.0 - t) ** 2))
-
-
-def cosine_rampdown(step: float, length: float) -> float:
-    """``0.5 (cos(pi t) + 1)``, ``t = clip(step / length, 0, 1)`` (Loshchilov & Hutter 2017, as used
-    by Mean Teacher); goes from 1 to 0; 0.0 when ``length == 0``."""
-    t = _progress(step, length)
-    return float(0.5 * (math.cos(math.pi * t) + 1.0))

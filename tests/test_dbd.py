@@ -32,6 +32,8 @@ from lightning_ssl_backdoor.defenses.dbd import (
     save_model_state,
     training_images,
 )
+from lightning_ssl_backdoor.data.streams import EpochPermutationIndex
+from lightning_ssl_backdoor.defenses.dbd.draws import DBDFineTuneData, draw_seed
 from lightning_ssl_backdoor.defenses.dbd.views import apply_affine
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import nt_xent_loss, symmetric_cross_entropy
@@ -248,16 +250,16 @@ def test_finetune_reranks_every_epoch_and_draws_from_the_partition(poisoned_digi
     torch.manual_seed(0)
     m = DBDFineTune(rerank_every=2, unlabeled_ratio=2, **TINY_MODEL)
     seen = []
-    orig = m.draw_batch
+    orig = m.resolve_draw
 
-    def spy(bs, device):
-        out = orig(bs, device)
+    def spy(draw, device):
+        out = orig(draw, device)
         lab, unl = out["labeled"]["idx"].clone(), out["unlabeled"]["idx"].clone()
-        seen.append((int(m.global_step), m._high.clone(), lab, unl))
+        seen.append((int(m.global_step), m._high.clone(), lab, unl, draw))
         return out
 
-    m.draw_batch = spy
-    dm = SSLDataModule(split=poisoned_digits, batch_size=8, mu=0)
+    m.resolve_draw = spy
+    dm = DBDFineTuneData(split=poisoned_digits, batch_size=8, mu=0)
     _trainer(5, tmp_path).fit(m, datamodule=dm)
     n_pool = len(poisoned_digits.labeled)
     assert [h["step"] for h in m.filter_history] == [0, 2, 4]
@@ -265,16 +267,45 @@ def test_finetune_reranks_every_epoch_and_draws_from_the_partition(poisoned_digi
         assert h["num_ranked"] == n_pool and h["num_high"] == n_pool // 2
         assert h["num_poisons"] == int(poisoned_digits.labeled_poison_mask.sum())
         assert 0 <= h["poisons_in_high"] <= h["num_poisons"]
-    for step, high, li, ui in seen:
+    for step, high, li, ui, draw in seen:
+        assert int(draw["step"]) == step and int(draw["ranked_at"]) == step - step % 2  # the loader's draw
         assert high[li].all() and len(li) == 8 and len(ui) == 16  # labeled only from the high set
         in_pool = ui < n_pool
         assert (~high[ui[in_pool]]).all()  # unlabeled: low-credible pool samples and extra images
         assert (ui < n_pool + len(poisoned_digits.unlabeled)).all()
+        # the draw is the one DBD's seeded per-epoch permutations make (same batches as before the
+        # loader carried them): positions (step - ranked_at) * B onwards of each permutation
+        ranked_at = step - step % 2
+        hi = torch.nonzero(high).flatten()
+        u_space = torch.cat([torch.nonzero(~high).flatten(), n_pool + torch.arange(len(poisoned_digits.unlabeled))])
+        seed = draw_seed(0, ranked_at, 0)
+        k = step - ranked_at
+        assert torch.equal(li, hi[EpochPermutationIndex(len(hi), 2 * seed).take(k * 8, 8)])
+        assert torch.equal(ui, u_space[EpochPermutationIndex(len(u_space), 2 * seed + 1).take(k * 16, 16)])
     ckpt: dict = {}
     m.on_save_checkpoint(ckpt)
     fresh = DBDFineTune(rerank_every=2, **TINY_MODEL)
     fresh.on_load_checkpoint(ckpt)
     assert torch.equal(fresh._high, m._high) and fresh.filter_history == m.filter_history
+
+
+def test_finetune_uses_the_loaders_draw_and_refuses_plain_batches(poisoned_digits, tmp_path):
+    m = DBDFineTune(rerank_every=0, **TINY_MODEL)
+    _trainer(1, tmp_path).fit(m, datamodule=DBDFineTuneData(split=poisoned_digits, batch_size=4, mu=0))
+    stream = m.draw_stream(4)
+    first = next(iter(stream))["draw"]
+    assert int(first["step"]) == 0 and first["labeled"].shape == (4,) and first["unlabeled"].shape == (4,)
+    # any positions the loader hands in are what the step trains on
+    draw = {**first, "labeled": torch.tensor([0, 0, 1, 2]), "unlabeled": torch.tensor([5, 5, 6, 7])}
+    out = m.on_after_batch_transfer({"draw": draw}, 0)
+    hi = torch.nonzero(m._high).flatten()
+    assert torch.equal(out["labeled"]["idx"], hi[torch.tensor([0, 0, 1, 2])])
+    assert torch.equal(out["labeled"]["y"], poisoned_digits.labeled.labels[hi[torch.tensor([0, 0, 1, 2])]])
+    with pytest.raises(ConfigError, match="another split"):
+        m.on_after_batch_transfer({"draw": {**first, "ranked_at": torch.tensor(3)}}, 0)
+    plain = next(iter(SSLDataModule(split=poisoned_digits, batch_size=4, mu=0).train_dataloader()))
+    with pytest.raises(ConfigError, match="DBDFineTuneData"):
+        m.on_after_batch_transfer(plain, 0)
 
 
 def test_finetune_without_ranking_trusts_the_labeled_set(poisoned_digits, tmp_path):
@@ -283,7 +314,7 @@ def test_finetune_without_ranking_trusts_the_labeled_set(poisoned_digits, tmp_pa
                           unlabeled_indices=poisoned_digits.unlabeled_indices, trigger=poisoned_digits.trigger,
                           target=3, attack={"pool": "unlabeled"})
     m = DBDFineTune(rank=False, **TINY_MODEL)
-    _trainer(2, tmp_path).fit(m, datamodule=SSLDataModule(split=clean, batch_size=8, mu=0))
+    _trainer(2, tmp_path).fit(m, datamodule=DBDFineTuneData(split=clean, batch_size=8, mu=0))
     assert m.filter_history[0]["num_high"] == len(clean.labeled) and m._high.all()
     assert DBD().resolve_threat_model(clean) == "poisoned_unlabeled"
     assert DBD().resolve_threat_model(poisoned_digits) == "poisoned_labels"

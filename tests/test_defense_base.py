@@ -42,6 +42,8 @@ def test_no_defense_module_imports_the_runner():
 
 def test_registry_knows_every_shipped_defense_and_refuses_unknown_names():
     assert {"clustering", "dbd", "depud", "influence", "invalidator"} <= set(DEFENSES)
+    repair = {"ft", "fp", "nad", "mcr", "abl", "neural_cleanse", "shrinkpad"}  # the model-repair baselines
+    assert repair <= set(DEFENSES) and all(issubclass(DEFENSES[n], ModelDefense) for n in repair)
     for name in DEFENSES:
         assert issubclass(defense_class(name), Defense)
     with pytest.raises(ConfigError, match="unknown defense 'nope'; choose one of .*clustering"):
@@ -86,7 +88,8 @@ def test_model_defense_through_the_runner(tmp_path):
         "trainer": {"max_steps": 4, "val_check_interval": 4, "checkpoint_every_n_steps": 2, "accelerator": "cpu"},
         "algorithms": ["supervised"],
         "attacks": [{"name": "clean_label", "init_args": {"target": 1, "budget": 10}}],
-        "defenses": [None, "test_keep_model", "test_zero_head"],
+        "defenses": [None, "test_keep_model", "test_zero_head",
+                     {"name": "ft", "init_args": {"epochs": 1, "batch_size": 10}}],
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -103,6 +106,9 @@ def test_model_defense_through_the_runner(tmp_path):
     assert zero["clean_accuracy"] == round(100.0 * float((labels == 0).float().mean()), 2)
     assert zero["asr"] == 0.0 and zero["defense_info"]["zeroed"] == [10, 32]
     assert zero["steps"] == keep["steps"] == 4 and zero["history"]
+    ft = rows["ft"]  # a baseline through the same path: trained once, fine-tuned on the labeled set
+    assert ft["defense_info"]["before"]["acc_ema"] == keep["defense_info"]["before"]["acc_ema"]
+    assert 0 <= ft["clean_accuracy"] <= 100 and ft["defense_info"]["repair_seconds"] >= 0
     # repaired rows are cached: a rerun neither trains nor repairs again
     ZeroHead.repair = lambda self, model, ctx: pytest.fail("repaired again")  # type: ignore[method-assign]
     assert main(["experiment", "-c", str(path), "--output", str(out), "--no_progress", "true"]) == 0

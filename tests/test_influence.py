@@ -17,7 +17,7 @@ from lightning_ssl_backdoor.defenses import (
     pair_dots,
     plot_influence_histogram,
 )
-from lightning_ssl_backdoor.defenses import influence as influence_module
+from lightning_ssl_backdoor.defenses import knn as knn_module
 from lightning_ssl_backdoor.errors import ConfigError
 
 
@@ -75,8 +75,8 @@ def test_duplicated_trajectories_take_the_larger_pool_path_and_stay_exact():
     # 20 exact copies of 6 trajectories: the 13-candidate pool cannot hold the 20 tied copies, so
     # no row is proven by the first pass; larger pools and float64 finish the job
     history = random_history(5, 6, 4, seed=3).repeat(1, 20, 1)
-    exact = influence_module._Space(*influence_vectors(history))
-    _, proven = influence_module._guarded_scores(exact, exact, 5, 13, torch.float32, None,
+    exact = knn_module._Space(*influence_vectors(history))
+    _, proven = knn_module._guarded_scores(exact, exact, 5, 13, torch.float32, None,
                                                  torch.arange(120))
     assert not bool(proven.any())
     torch.testing.assert_close(influence_scores(history, k=5, chunk_size=17),
@@ -91,13 +91,13 @@ def test_low_dimensional_histories_take_the_subspace_path_and_stay_exact(monkeyp
     latent = latent + 2 * torch.randn(1, n, 2, generator=g)
     history = torch.softmax(latent @ torch.randn(2, c, generator=g), -1)
     searched_dims = []
-    original = influence_module._guarded_scores
+    original = knn_module._guarded_scores
 
     def spy(exact, space, *args):
         searched_dims.append((space.dim, int(args[-1].numel())))
         return original(exact, space, *args)
 
-    monkeypatch.setattr(influence_module, "_guarded_scores", spy)
+    monkeypatch.setattr(knn_module, "_guarded_scores", spy)
     got = influence_scores(history, k=5, chunk_size=64)
     # the pass over all rows searched fewer than (K-1)*C dimensions
     assert any(d < (n_epochs - 1) * c and rows == n for d, rows in searched_dims)

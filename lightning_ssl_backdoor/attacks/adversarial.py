@@ -10,7 +10,7 @@ batch size.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -111,19 +111,13 @@ class PGDOptions:
 
     def __init__(
         self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
-        trigger: Optional[Dict[str, Any]] = None,
+        *args: Any,
         eps: float = 16.0 / 255.0,
         steps: int = 10,
         step_size: Optional[float] = None,
-        progress: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
+        super().__init__(*args, **kwargs)
         if not 0 < float(eps) <= 1 or int(steps) < 1:
             raise ConfigError(f"{self.name} needs 0 < eps <= 1 and steps >= 1, got eps={eps}, steps={steps}.")
         self.eps, self.steps = float(eps), int(steps)

@@ -31,7 +31,7 @@ import torch
 from lightning_ssl_backdoor.data.imageset import ImageSet, quantize
 from lightning_ssl_backdoor.data.split import PoisonedSplit, SSLSplit
 from lightning_ssl_backdoor.errors import ConfigError, DataFormatError
-from lightning_ssl_backdoor.triggers import Trigger, build_trigger
+from lightning_ssl_backdoor.triggers import TRIGGER_FACTORIES, Trigger, build_trigger
 
 INJECTIONS = ("append", "replace")
 
@@ -92,6 +92,11 @@ class Attack:
     implement ``candidates`` and ``craft``. Every constructor argument is stored under its own name
     so that :meth:`config` can report it (and YAML / jsonargparse can build the attack).
 
+    The options below live here only: a subclass declares its own options and passes the rest on,
+    ``def __init__(self, *args, eps: float = ..., **kwargs): super().__init__(*args, **kwargs)``
+    (jsonargparse follows ``**kwargs`` into this signature; :meth:`options` lists them all). A base
+    option a subclass fixes itself goes into ``fixed_options`` (not accepted by ``build_attack``).
+
     Args:
         target: the attacker's label (one variable, never hard-coded).
         seed: seeds every random choice of the attack (selection, patterns, draws).
@@ -110,6 +115,7 @@ class Attack:
     default_budget: ClassVar[Dict[str, float]] = {"budget_rate": 0.01}
     default_injection: ClassVar[str] = "append"
     default_trigger: ClassVar[Optional[Dict[str, Any]]] = {"name": "badnets"}
+    fixed_options: ClassVar[tuple] = ()
 
     def __init__(
         self,
@@ -149,6 +155,22 @@ class Attack:
         self.work_dir: Optional[str] = None  # set by the CLI: where long loops checkpoint their chunks
 
     # ------------------------------------------------------------------ config
+    @classmethod
+    def options(cls) -> Dict[str, inspect.Parameter]:
+        """Every constructor option: the class's own ``__init__`` parameters and, through
+        ``**kwargs``, those of the classes it passes them on to (up to :class:`Attack`)."""
+        out: Dict[str, inspect.Parameter] = {}
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters.values()
+            out.update({p.name: p for p in params if p.name != "self" and p.name not in out
+                        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)})
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return {k: v for k, v in out.items() if k not in cls.fixed_options}
+
     @property
     def needs_model(self) -> bool:
         """Whether ``poison`` needs a (surrogate) model."""
@@ -157,8 +179,8 @@ class Attack:
     def config(self) -> Dict[str, Any]:
         """``{"name": ..., <every constructor argument>: value}`` (JSON-able)."""
         out: Dict[str, Any] = {"name": self.name}
-        for k in inspect.signature(type(self).__init__).parameters:
-            if k in ("self", "progress") or k.startswith("_"):
+        for k in self.options():
+            if k == "progress" or k.startswith("_"):
                 continue
             out[k] = getattr(self, k)
         return to_json(out)
@@ -292,7 +314,5 @@ class Attack:
 
 
 def _accepts_seed(name: str) -> bool:
-    from lightning_ssl_backdoor.triggers import TRIGGER_FACTORIES
-
     f = TRIGGER_FACTORIES.get(str(name).lower())
     return f is not None and "seed" in inspect.signature(f).parameters

@@ -37,7 +37,6 @@ is left as is.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import sys
 import time
@@ -45,6 +44,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+
+from lightning_ssl_backdoor.attacks.io import artifact_meta, save_poisoned_split
+from lightning_ssl_backdoor.attacks.registry import build_attack_from_spec
+from lightning_ssl_backdoor.attacks.surrogate import accuracy, load_surrogate, save_surrogate, train_surrogate
+from lightning_ssl_backdoor.data.artifacts import sha256_file
+from lightning_ssl_backdoor.data.readers import load_dataset
+from lightning_ssl_backdoor.data.split import make_split
 from lightning_ssl_backdoor.errors import ConfigError, SSLBackdoorError
 
 
@@ -75,8 +82,6 @@ class SurrogateConfig:
 
 
 def make_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     parser = ArgumentParser(
         prog="ssl-backdoor poison",
         description="Run an attack on an SSL split and write a PoisonedSplit artifact (npz + JSON manifest).",
@@ -94,38 +99,6 @@ def make_parser():
     return parser
 
 
-def build_attack_from_spec(spec: Dict[str, Any], progress: bool = True):
-    """An attack from ``{name: ..., **options}`` or ``{class_path: ..., init_args: {...}}``."""
-    from lightning_ssl_backdoor.attacks import Attack, attack_class, build_attack
-
-    if not isinstance(spec, dict) or not spec:
-        raise ConfigError("the config needs an 'attack' mapping, e.g. attack: {name: deneb, target: 0}.")
-    spec = dict(spec)
-    if "class_path" in spec:
-        path = str(spec.pop("class_path"))
-        kwargs = dict(spec.pop("init_args", {}) or {})
-        if spec:
-            raise ConfigError(f"attack with class_path takes only init_args, got extra keys {sorted(spec)}.")
-        if "." in path:
-            mod, _, cls_name = path.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(mod), cls_name)
-            except (ImportError, AttributeError):
-                raise ConfigError(f"attack class_path '{path}' cannot be imported; check the module and class name.") from None
-            if not (isinstance(cls, type) and issubclass(cls, Attack)):
-                raise ConfigError(f"attack class_path '{path}' is not an Attack subclass.")
-            name = cls.name
-        else:
-            name = attack_class(path).name
-    else:
-        if "name" not in spec:
-            raise ConfigError("the attack mapping needs a 'name' (e.g. deneb) or a 'class_path'.")
-        name = str(spec.pop("name"))
-        kwargs = spec
-    kwargs.setdefault("progress", progress)
-    return build_attack(name, **kwargs)
-
-
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -135,9 +108,6 @@ def _log(msg: str) -> None:
 
 
 def _load_split(data: DataConfig):
-    from lightning_ssl_backdoor.data.readers import load_dataset
-    from lightning_ssl_backdoor.data.split import make_split
-
     num_labeled, per_class = data.num_labeled, data.labels_per_class
     if num_labeled is None and per_class is None:
         raise ConfigError("data needs num_labeled or labels_per_class.")
@@ -149,8 +119,6 @@ def _load_split(data: DataConfig):
 
 
 def _surrogate(cfg: SurrogateConfig, split, ckpt: Path, progress: bool):
-    from lightning_ssl_backdoor.attacks.surrogate import accuracy, load_surrogate, save_surrogate, train_surrogate
-
     if cfg.checkpoint:
         _log(f"loading surrogate {cfg.checkpoint}")
         model = load_surrogate(cfg.checkpoint, device=cfg.device)
@@ -173,9 +141,6 @@ def _surrogate(cfg: SurrogateConfig, split, ckpt: Path, progress: bool):
 def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: SurrogateConfig, output: str,
                work_dir: Optional[str] = None, progress: bool = True) -> Path:
     """The ``poison`` command as a function: returns the artifact path."""
-    from lightning_ssl_backdoor.attacks.io import artifact_meta, save_poisoned_split
-    from lightning_ssl_backdoor.data.artifacts import sha256_file
-
     if not output:
         raise ConfigError("the config needs an output path (output: path/to/poisoned.npz).")
     out = Path(output)
@@ -219,8 +184,6 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
 
 def poison_main(argv: list[str]) -> int:
     """Entry point of ``ssl-backdoor poison``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
-    from jsonargparse import ArgumentError
-
     parser = make_parser()
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()

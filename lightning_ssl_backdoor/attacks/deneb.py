@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from lightning_ssl_backdoor.attacks.adversarial import frozen, model_device, predict
 from lightning_ssl_backdoor.attacks.base import Attack, Poisons, quantize_within
 from lightning_ssl_backdoor.attacks.chunks import ChunkStore
+from lightning_ssl_backdoor.augment import StrongAugment, WeakAugment, WeakParams
 from lightning_ssl_backdoor.data.imageset import quantize
 from lightning_ssl_backdoor.errors import ConfigError
 
@@ -177,8 +178,6 @@ def _optimise_chunk(model, u, feats, bidx, target, eps, steps, lr, lr_decay, dec
     nearest = None
     crop = None
     if offsets is not None:
-        from lightning_ssl_backdoor.augment.weak import WeakAugment, WeakParams
-
         crop = WeakAugment(flip=False, pad=pad)
         no_flip = torch.zeros(b * views, dtype=torch.bool, device=u.device)
         flips = offsets.shape[3] == 3
@@ -241,13 +240,7 @@ class DeNeBAttack(Attack):
 
     def __init__(
         self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
-        trigger: Optional[Dict[str, Any]] = None,
+        *args: Any,
         eps: float = 32.0 / 255.0,
         steps: int = 1000,
         lr: float = 0.01,
@@ -265,9 +258,9 @@ class DeNeBAttack(Attack):
         eot_flip: bool = False,
         feature_term: str = "paper",
         tie_w: bool = True,
-        progress: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
+        super().__init__(*args, **kwargs)
         if precision not in ("float32", "float64"):
             raise ConfigError(f"precision must be 'float32' or 'float64', got {precision!r}.")
         if update not in UPDATES:
@@ -329,7 +322,6 @@ class DeNeBAttack(Attack):
         clean_pred = predict(model, u)
         info["theta0_strong_target_rate"] = float((predict(model, strong_q.float() / 255) == self.target).float().mean())
         info["theta0_weak_kept_rate"] = float((predict(model, weak_q.float() / 255) == clean_pred).float().mean())
-        from lightning_ssl_backdoor.augment import StrongAugment, WeakAugment
 
         strong_x = strong_q.float() / 255
         crop = WeakAugment(flip=False, pad=pad or max(1, round(u.shape[-1] / 8)))

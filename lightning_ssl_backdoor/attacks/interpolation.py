@@ -183,15 +183,11 @@ class InterpolationAttack(Attack):
     name = "interpolation"
     default_budget = {"budget_rate": 0.005}
     default_trigger = None
+    fixed_options = ("trigger",)
 
     def __init__(
         self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
+        *args: Any,
         target_image: Optional[int] = None,
         source: str = "labeled",
         source_index: Optional[int] = None,
@@ -201,9 +197,11 @@ class InterpolationAttack(Attack):
         adv_steps: int = 255,
         source_choice: str = "random",
         target_choice: str = "random",
-        progress: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, None, progress)
+        if kwargs.get("trigger") is not None:
+            raise ConfigError("interpolation poisons carry no trigger (they interpolate to a test image); remove the trigger option.")
+        super().__init__(*args, **kwargs)
         if self.injection != "append":
             raise ConfigError("interpolation poisons have no source image in the unlabeled set; use injection='append'.")
         if source not in SOURCES:

@@ -31,6 +31,7 @@ from lightning_ssl_backdoor.data.artifacts import (
 from lightning_ssl_backdoor.data.imageset import ImageSet
 from lightning_ssl_backdoor.data.split import PoisonedSplit
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError
+from lightning_ssl_backdoor.triggers import trigger_from_manifest
 
 FORMAT = "lightning_ssl_backdoor.poisoned_split"
 VERSION = 1
@@ -119,8 +120,6 @@ def _verify(path: Path) -> Dict[str, Any]:
 
 def load_poisoned_split(path: str | Path) -> PoisonedSplit:
     """Load and verify an artifact written by :func:`save_poisoned_split`."""
-    from lightning_ssl_backdoor.triggers import trigger_from_manifest
-
     path = Path(path)
     _verify(path)
     arrays, meta = load_arrays(path)

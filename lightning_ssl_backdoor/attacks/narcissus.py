@@ -12,7 +12,7 @@ returned :class:`~lightning_ssl_backdoor.triggers.NoiseTrigger` applies.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,22 +65,16 @@ class NarcissusAttack(CleanLabelAttack):
 
     def __init__(
         self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
-        trigger: Optional[Dict[str, Any]] = None,
+        *args: Any,
         eps: float = 16.0 / 255.0,
         steps: int = 200,
         step_size: Optional[float] = None,
         batch_size: int = 64,
         test_multiplier: float = 3.0,
-        progress: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
-        if trigger is not None:
+        super().__init__(*args, **kwargs)
+        if self.trigger is not None:
             raise ConfigError("narcissus optimises its own trigger; remove the trigger option.")
         if not 0 < float(eps) <= 1 or int(steps) < 1 or int(batch_size) < 1:
             raise ConfigError("narcissus needs 0 < eps <= 1, steps >= 1 and batch_size >= 1.")

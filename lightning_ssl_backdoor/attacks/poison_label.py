@@ -18,7 +18,7 @@ is added; labels stay correct. DBD poisons 25% of the target class (2.5% of CIFA
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -71,17 +71,11 @@ class WaNetAttack(PoisonLabelAttack):
 
     def __init__(
         self,
-        target: int = 0,
-        seed: int = 0,
-        budget: Optional[int] = None,
-        budget_rate: Optional[float] = None,
-        target_class_rate: Optional[float] = None,
-        injection: Optional[str] = None,
-        trigger: Optional[Dict[str, Any]] = None,
+        *args: Any,
         noise_rate: float = 0.2,
-        progress: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(target, seed, budget, budget_rate, target_class_rate, injection, trigger, progress)
+        super().__init__(*args, **kwargs)
         if not 0.0 <= float(noise_rate) < 1.0:
             raise ConfigError(f"noise_rate must lie in [0, 1), got {noise_rate}.")
         self.noise_rate = float(noise_rate)

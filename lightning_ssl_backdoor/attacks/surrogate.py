@@ -17,11 +17,16 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
+from lightning_ssl_backdoor.attacks.adversarial import predict
+from lightning_ssl_backdoor.augment import WeakAugment
 from lightning_ssl_backdoor.data.artifacts import atomic_write
 from lightning_ssl_backdoor.data.imageset import ImageSet
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError
+from lightning_ssl_backdoor.models import resolve_model
 
 SURROGATE_FORMAT = "lightning_ssl_backdoor.surrogate"
 
@@ -35,8 +40,6 @@ def data_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def _build(arch: Optional[str], num_classes: int, in_channels: int, model_kwargs: Dict[str, Any], model: Any = None):
-    from lightning_ssl_backdoor.models import resolve_model
-
     return resolve_model(model, arch or "", num_classes, in_channels, model_kwargs)
 
 
@@ -74,7 +77,6 @@ def train_surrogate(
         raise ConfigError(f"train_surrogate needs steps >= 1, batch_size >= 1 and lr > 0 (got {steps}, {batch_size}, {lr}).")
     if normalize not in ("data", "default"):
         raise ConfigError(f"normalize must be 'data' or 'default', got {normalize!r}.")
-    from lightning_ssl_backdoor.augment import WeakAugment
 
     num_classes = labeled.num_classes or int(labeled.labels.max()) + 1
     c, h, w = labeled.image_shape
@@ -125,8 +127,6 @@ def save_surrogate(model, path: str | Path, config: Optional[Dict[str, Any]] = N
     """Write ``model``'s weights to ``path`` (safetensors, atomically) with its build settings
     (``config`` or ``model.surrogate_config``: num_classes, in_channels and either arch +
     model_kwargs or model, a class_path mapping or the name of an instance's class)."""
-    from safetensors.torch import save
-
     cfg = dict(config or getattr(model, "surrogate_config", {}) or {})
     if not ({"num_classes", "in_channels"} <= set(cfg) and ("arch" in cfg or "model" in cfg)):
         raise ConfigError("save_surrogate needs the model's num_classes, in_channels and arch or model (pass config=).")
@@ -140,9 +140,6 @@ def load_surrogate(path: str | Path, device: Optional[str] = None, model: Any = 
 
     ``model``: the instance to load the weights into (needed when the surrogate was an instance of
     your own model; optional otherwise)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"surrogate checkpoint {path} does not exist; train one or fix the path.")
@@ -176,8 +173,6 @@ def load_surrogate(path: str | Path, device: Optional[str] = None, model: Any = 
 
 def accuracy(model, images: ImageSet | torch.Tensor, labels: Optional[torch.Tensor] = None) -> float:
     """Fraction of ``images`` (an ImageSet, or uint8 tensor + labels) the model classifies right."""
-    from lightning_ssl_backdoor.attacks.adversarial import predict
-
     if isinstance(images, ImageSet):
         labels, images = images.targets, images.images
     pred = predict(model, images.float().div(255.0))

@@ -23,17 +23,17 @@ from lightning_ssl_backdoor.defenses.depud import DePuD
 from lightning_ssl_backdoor.defenses.detector import DetectionResult, keep_mask_from_scores
 from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
 from lightning_ssl_backdoor.defenses.influence import (
-    chunked_knn,
     delta_roughness,
     influence_detect,
     influence_scores,
     influence_vectors,
-    pair_dots,
     plot_influence_histogram,
     self_influence,
 )
 from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
 from lightning_ssl_backdoor.defenses.invalidator import Invalidator
+from lightning_ssl_backdoor.defenses.knn import chunked_knn, mean_knn_sqdist, pair_dots
+from lightning_ssl_backdoor.defenses.repair import REPAIR_DEFENSES
 
 __all__ = [
     "ClusteringDefense",
@@ -47,6 +47,7 @@ __all__ = [
     "InfluenceDefense",
     "Invalidator",
     "ModelDefense",
+    "REPAIR_DEFENSES",
     "TrainedModel",
     "TrainingDynamicsRecorder",
     "build_defense",
@@ -58,6 +59,7 @@ __all__ = [
     "influence_scores",
     "influence_vectors",
     "keep_mask_from_scores",
+    "mean_knn_sqdist",
     "pair_dots",
     "plot_influence_histogram",
     "register_defense",

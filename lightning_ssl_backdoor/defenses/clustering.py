@@ -42,13 +42,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from lightning_ssl_backdoor.data.imageset import ImageSet
 from lightning_ssl_backdoor.defenses.detector import DetectionResult
-from lightning_ssl_backdoor.defenses.influence import (
-    _ieee_float32_matmul,
-    _SMALL_WORK,
-    _one_thread,
-    chunked_knn,
-    pair_dots,
-)
+from lightning_ssl_backdoor.defenses.knn import SMALL_WORK, chunked_knn, ieee_float32_matmul, one_thread, pair_dots
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = ["cluster_detect", "single_linkage_heights"]
@@ -88,7 +82,7 @@ def _vectors(images, features) -> torch.Tensor:
 def _orthonormalise(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the columns of a tall ``y`` via the eigendecomposition of its small Gram
     matrix (only ``l x l`` LAPACK work; tiny directions are dropped)."""
-    with _one_thread(y.device):
+    with one_thread(y.device):
         w, u = torch.linalg.eigh((y.T @ y).double())
     keep = w > w.max() * 1e-10
     return y @ (u[:, keep] / w[keep].sqrt()).to(y.dtype)
@@ -111,7 +105,7 @@ def _pca_project(x: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     for _ in range(4):
         q = _orthonormalise(fit @ _orthonormalise(fit.T @ q))
     b = q.T @ fit  # [l, d]: the data in the found subspace
-    with _one_thread(b.device):
+    with one_thread(b.device):
         w, u = torch.linalg.eigh((b @ b.T).double())
     top = torch.argsort(w, descending=True)[:dim]
     top = top[w[top] > w.max() * 1e-10]
@@ -255,8 +249,8 @@ def cluster_detect(
     k = min(n_neighbors, n - 1)
     m = min(n - 1, 2 * k)
     use_pca = pca_dim is not None and pca_dim < d and pca_dim < n
-    small = float(n) * n * (pca_dim if use_pca else d) + float(n) * d * 100 < _SMALL_WORK
-    with _ieee_float32_matmul(), _one_thread(device, enabled=small):
+    small = float(n) * n * (pca_dim if use_pca else d) + float(n) * d * 100 < SMALL_WORK
+    with ieee_float32_matmul(), one_thread(device, enabled=small):
         z = _pca_project(x, pca_dim, seed) if use_pca else x - x.mean(0)
         _, cand = chunked_knn(z, z, m, exclude=torch.arange(n, device=device), chunk_size=chunk_size)
         dist, idx = _exact_neighbours(x, cand, k)

@@ -20,9 +20,11 @@ from lightning_ssl_backdoor._lightning import pl
 import torch
 
 from lightning_ssl_backdoor.data import SSLSplit
+from lightning_ssl_backdoor.data.artifacts import load_arrays, save_arrays
+from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
+from lightning_ssl_backdoor.defenses.clustering import cluster_detect
 from lightning_ssl_backdoor.defenses.influence_defense import detection_info, filter_unlabeled, poison_mask_of
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
 
 __all__ = ["ClusteringDefense", "FeatureSnapshot"]
 
@@ -39,7 +41,6 @@ class FeatureSnapshot(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from lightning_ssl_backdoor.data.artifacts import save_arrays
 
         ema = getattr(pl_module, "ema_model", None)
         model = ema if self.use_ema and ema is not None else pl_module.model
@@ -101,8 +102,6 @@ class ClusteringDefense(DataDefense):
 
     def features(self, split: SSLSplit, ctx: DefenseContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """Penultimate features of every unlabeled image from a model trained on ``split`` (cached)."""
-        from lightning_ssl_backdoor.data.artifacts import load_arrays
-
         path = Path(ctx.stage_dir) / "features" / "features.npz"
         steps = self.feature_steps or ctx.trainer.max_steps
         trainer = ctx.with_trainer(
@@ -123,8 +122,6 @@ class ClusteringDefense(DataDefense):
         return feats, {"steps": res.get("steps"), "test": res.get("test", {}), "folder": str(path.parent)}
 
     def filter(self, split: SSLSplit, ctx: DefenseContext) -> tuple[SSLSplit, dict[str, Any]]:
-        from lightning_ssl_backdoor.defenses.clustering import cluster_detect
-
         extra: dict[str, Any] = {}
         kwargs = dict(n_neighbors=self.n_neighbors, pca_dim=self.pca_dim, threshold=self.threshold,
                       min_cluster_size=self.min_cluster_size, threshold_ratio=self.threshold_ratio,

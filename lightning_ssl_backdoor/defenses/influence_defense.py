@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -39,10 +40,19 @@ import numpy as np
 import torch
 
 from lightning_ssl_backdoor.data import SSLSplit
+from lightning_ssl_backdoor.data.artifacts import load_arrays
 from lightning_ssl_backdoor.data.split import PoisonedSplit
+from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
+from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
+from lightning_ssl_backdoor.defenses.influence import (
+    check_lag,
+    delta_roughness,
+    influence_detect,
+    plot_influence_histogram,
+    self_influence,
+)
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import detection_metrics
-from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
 
 __all__ = [
     "InfluenceDefense", "filter_unlabeled", "detection_info", "dynamics_diagnostics", "poison_mask_of",
@@ -140,10 +150,6 @@ def dynamics_diagnostics(history: torch.Tensor, influence: torch.Tensor, poison:
     poisons' :func:`~lightning_ssl_backdoor.defenses.influence.self_influence` (what an exact duplicate
     would score) is compared with the clean ``percentile``: when it is higher, a poison ranks below the
     cut only through a neighbour that repeats its changes one record later."""
-    import warnings
-
-    from lightning_ssl_backdoor.defenses.influence import delta_roughness, self_influence
-
     out: dict[str, Any] = {}
     if history.shape[0] >= 3:
         r = delta_roughness(history)
@@ -251,17 +257,12 @@ class InfluenceDefense(DataDefense):
             raise ConfigError(f"influence percentile must lie in (0, 100), got {percentile!r}.")
         self.drop_count, self.drop_fraction, self.threshold = drop_count, drop_fraction, threshold
         self.use_ema, self.percentile, self.figure = bool(use_ema), float(percentile), bool(figure)
-        from lightning_ssl_backdoor.defenses.influence import _check_lag
-
-        self.lag = _check_lag(lag)
+        self.lag = check_lag(lag)
 
     # ------------------------------------------------------------------ stages
     def record(self, split: SSLSplit, ctx: DefenseContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """Stage 1 (cached): train while recording; returns the ``[K, N, C]`` history and the
         recording run's result."""
-        from lightning_ssl_backdoor.data.artifacts import load_arrays
-        from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
-
         path = Path(ctx.stage_dir) / "record" / "dynamics.npz"
         steps = self.record_steps or ctx.trainer.max_steps
         trainer = ctx.with_trainer(
@@ -289,8 +290,6 @@ class InfluenceDefense(DataDefense):
         return history, res
 
     def filter(self, split: SSLSplit, ctx: DefenseContext) -> tuple[SSLSplit, dict[str, Any]]:
-        from lightning_ssl_backdoor.defenses.influence import influence_detect, plot_influence_histogram
-
         history, rec = self.record(split, ctx)
         det = influence_detect(history, k=self.k, drop_fraction=self.drop_fraction,
                                drop_count=self.drop_count, threshold=self.threshold, lag=self.lag)

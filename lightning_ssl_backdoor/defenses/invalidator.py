@@ -40,7 +40,6 @@ summed over ranks.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -48,7 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ssl_backdoor.augment.gaussian import GaussianFilter
+from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.defenses.invalidator_core import (
+    OPTION_NAMES,
+    check_options,
     complementary_labels,
     initial_transition,
     mixup_weight,
@@ -59,11 +61,11 @@ from lightning_ssl_backdoor.defenses.invalidator_core import (
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import complementary_loss
 from lightning_ssl_backdoor.spec import Spec
-from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.ssl import FixMatch, FlexMatch, MixMatch, resolve_algorithm
 
 __all__ = [
     "INVALIDATED",
+    "OPTION_NAMES",
     "InvalidatedFixMatch",
     "InvalidatedFlexMatch",
     "InvalidatedMixMatch",
@@ -73,48 +75,6 @@ __all__ = [
     "invalidate",
     "invalidated_class",
 ]
-
-ALIGNMENTS = ("agreement", "mask")
-
-
-def check_options(
-    use_filter: bool = True,
-    filter_radius: float = 1.0,
-    filter_triggered_test: bool = True,
-    use_complementary: bool = True,
-    stage_one_ratio: float = 0.025,
-    stage_one_steps: Optional[int] = None,
-    complementary_weight: float = 1.0,
-    alignment: str = "agreement",
-    use_mixup: bool = True,
-    trigger_mixup_alpha: float = 1.0,
-    confidence_threshold: float = 0.95,
-    log_transition_every: int = 100,
-) -> dict[str, Any]:
-    """Validate BI's options (one-sentence :class:`ConfigError`) and return them as a dict."""
-    opts = dict(locals())
-    if not filter_radius >= 0:
-        raise ConfigError(
-            f"filter_radius must be >= 0 (the Gaussian's standard deviation in pixels), got {filter_radius}."
-        )
-    if not 0.0 <= stage_one_ratio <= 1.0:
-        raise ConfigError(f"stage_one_ratio must be in [0, 1] (a fraction of max_steps), got {stage_one_ratio}.")
-    if stage_one_steps is not None and int(stage_one_steps) < 0:
-        raise ConfigError(f"stage_one_steps must be >= 0 or null, got {stage_one_steps}.")
-    if complementary_weight < 0:
-        raise ConfigError(f"complementary_weight must be >= 0, got {complementary_weight}.")
-    if alignment not in ALIGNMENTS:
-        raise ConfigError(f"alignment must be one of {list(ALIGNMENTS)}, got {alignment!r}.")
-    if not trigger_mixup_alpha > 0:
-        raise ConfigError(f"trigger_mixup_alpha must be positive, got {trigger_mixup_alpha}.")
-    if not 0.0 <= confidence_threshold <= 1.0:
-        raise ConfigError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}.")
-    if int(log_transition_every) < 1:
-        raise ConfigError(f"log_transition_every must be >= 1, got {log_transition_every}.")
-    return opts
-
-
-OPTION_NAMES = tuple(inspect.signature(check_options).parameters)
 
 
 class InvalidatorMixin:

@@ -13,6 +13,7 @@ The paper's equations were lost in the text extraction; these functions follow t
   over iterations, per row (a row no sample was assigned to keeps its value), starting from
   ``(C - 1) / C`` off the diagonal and 0 on it; the initial matrix counts as the first estimate.
 - :func:`mixup_weight`: the stage-two weight ``lam = 0.1 (1 + cos(pi it / T_total))``, 0.2 -> 0.
+- :func:`check_options`: BI's options, validated (the defense's and the invalidated modules' defaults).
 - :func:`trigger_mixup`: labeled images mixed with confident strongly-augmented unlabeled images and
   their pseudo-labels, the labeled side weighted ``m = max(u, 1 - u) >= 0.5``, ``u ~ Beta(a, a)``.
 
@@ -23,8 +24,9 @@ tensor and so used rows 0 and 1 of the batch instead of the marked entries (a bu
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,10 @@ import torch.nn.functional as F
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = [
+    "ALIGNMENTS",
+    "OPTION_NAMES",
     "batch_transition",
+    "check_options",
     "complementary_labels",
     "initial_transition",
     "mixup_weight",
@@ -40,6 +45,48 @@ __all__ = [
     "trigger_mixup",
     "update_transition",
 ]
+
+ALIGNMENTS = ("agreement", "mask")
+
+
+def check_options(
+    use_filter: bool = True,
+    filter_radius: float = 1.0,
+    filter_triggered_test: bool = True,
+    use_complementary: bool = True,
+    stage_one_ratio: float = 0.025,
+    stage_one_steps: Optional[int] = None,
+    complementary_weight: float = 1.0,
+    alignment: str = "agreement",
+    use_mixup: bool = True,
+    trigger_mixup_alpha: float = 1.0,
+    confidence_threshold: float = 0.95,
+    log_transition_every: int = 100,
+) -> dict[str, Any]:
+    """Validate BI's options (one-sentence :class:`ConfigError`) and return them as a dict."""
+    opts = dict(locals())
+    if not filter_radius >= 0:
+        raise ConfigError(
+            f"filter_radius must be >= 0 (the Gaussian's standard deviation in pixels), got {filter_radius}."
+        )
+    if not 0.0 <= stage_one_ratio <= 1.0:
+        raise ConfigError(f"stage_one_ratio must be in [0, 1] (a fraction of max_steps), got {stage_one_ratio}.")
+    if stage_one_steps is not None and int(stage_one_steps) < 0:
+        raise ConfigError(f"stage_one_steps must be >= 0 or null, got {stage_one_steps}.")
+    if complementary_weight < 0:
+        raise ConfigError(f"complementary_weight must be >= 0, got {complementary_weight}.")
+    if alignment not in ALIGNMENTS:
+        raise ConfigError(f"alignment must be one of {list(ALIGNMENTS)}, got {alignment!r}.")
+    if not trigger_mixup_alpha > 0:
+        raise ConfigError(f"trigger_mixup_alpha must be positive, got {trigger_mixup_alpha}.")
+    if not 0.0 <= confidence_threshold <= 1.0:
+        raise ConfigError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}.")
+    if int(log_transition_every) < 1:
+        raise ConfigError(f"log_transition_every must be >= 1, got {log_transition_every}.")
+    return opts
+
+
+OPTION_NAMES = tuple(inspect.signature(check_options).parameters)
 
 
 def complementary_labels(

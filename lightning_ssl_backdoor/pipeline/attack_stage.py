@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lightning_ssl_backdoor.attacks import build_attack_from_spec
+from lightning_ssl_backdoor.attacks.io import load_poisoned_split, save_poisoned_split
+from lightning_ssl_backdoor.attacks.surrogate import load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data import PoisonedSplit, SSLSplit
-from lightning_ssl_backdoor.pipeline.config import Spec
+from lightning_ssl_backdoor.spec import Spec
 
 
 def run_attack_stage(
@@ -22,9 +25,6 @@ def run_attack_stage(
     surrogate_dir: Path,
     progress: bool = True,
 ) -> PoisonedSplit:
-    from lightning_ssl_backdoor.attacks.cli import build_attack_from_spec
-    from lightning_ssl_backdoor.attacks.io import load_poisoned_split, save_poisoned_split
-
     artifact = stage_dir / "poisoned.npz"
     if artifact.is_file() and artifact.with_suffix(".json").is_file():
         return load_poisoned_split(artifact)
@@ -43,8 +43,6 @@ def run_attack_stage(
 
 def surrogate_model(split: SSLSplit, surrogate: dict[str, Any], seed: int, folder: Path, progress: bool = True):
     """The attacker's theta_0, trained on the labeled split only (Yan et al. Step 1), cached."""
-    from lightning_ssl_backdoor.attacks.surrogate import load_surrogate, save_surrogate, train_surrogate
-
     cfg = dict(surrogate)
     ckpt = cfg.pop("checkpoint", None)
     device = cfg.pop("device", None)

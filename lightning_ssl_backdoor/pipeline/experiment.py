@@ -10,6 +10,8 @@ independent, so several processes or GPUs can take rows of one grid in parallel 
 from __future__ import annotations
 
 import itertools
+import logging
+import multiprocessing as mp
 import sys
 import time
 from dataclasses import asdict
@@ -17,23 +19,29 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from lightning_ssl_backdoor import __version__
-from lightning_ssl_backdoor.data import SSLSplit, make_split
+from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.artifacts import sha256_array
-from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.pipeline.config import DataConfig, ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.data.readers import load_dataset
+from lightning_ssl_backdoor.data.subset import subset_split
 from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
+from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
+from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
+from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, config_hash
 from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.pipeline.training import train_row
+from lightning_ssl_backdoor.report.figures import example_grid
+from lightning_ssl_backdoor.report.tables import write_report
+from lightning_ssl_backdoor.utils import quiet_lightning
+
+__all__ = ["Runner", "config_from_dict", "data_hashes", "experiment_main", "load_clean_split", "split_key"]
 
 
 def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
-    from lightning_ssl_backdoor.data.readers import load_dataset
-
     d = cfg.data
-    from lightning_ssl_backdoor.data.subset import subset_split
-
     train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
     test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
     return subset_split(
@@ -83,8 +91,6 @@ class Runner:
         base = split_key(self.cfg, seed)
         if attack is None:
             return self.clean_split(seed), base
-        from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage
-
         key = config_hash(base, "attack", asdict(attack), self.cfg.surrogate)
         split = run_attack_stage(
             self.clean_split(seed), attack, self.cfg.surrogate, seed,
@@ -93,8 +99,6 @@ class Runner:
         )
         grid = self.output / f"examples_{_slug(attack.display)}.png"
         if not grid.is_file():
-            from lightning_ssl_backdoor.report.figures import example_grid
-
             example_grid(split, grid)
         return split, key
 
@@ -108,8 +112,6 @@ class Runner:
             return Path(self.cfg.surrogate["checkpoint"])
         path = self.surrogate_dir(seed) / "surrogate.safetensors"
         if not path.is_file():
-            from lightning_ssl_backdoor.pipeline.attack_stage import surrogate_model
-
             surrogate_model(self.clean_split(seed), dict(self.cfg.surrogate), seed, path.parent, self.progress)
         return path
 
@@ -208,8 +210,6 @@ class Runner:
         chosen = [i for i in range(len(rows)) if only is None or i in only]
         if self.cfg.jobs > 1 and len(chosen) > 1:
             return self._run_parallel(rows, chosen)
-        from tqdm.auto import tqdm
-
         out = []
         bar = tqdm(chosen, desc="experiment rows", disable=not self.progress, file=sys.stderr)
         for i in bar:
@@ -224,10 +224,6 @@ class Runner:
         processes train the rows; results come back in row order. An interruption (Ctrl-C) or a
         failed row terminates the workers at once; finished rows and checkpoints stay cached, so
         re-running resumes."""
-        import multiprocessing as mp
-
-        from tqdm.auto import tqdm
-
         for i in chosen:  # the shared stages, computed once before any row trains
             algorithm, attack, defense, seed = rows[i]
             self.attacked_split(seed, attack)
@@ -255,8 +251,6 @@ class Runner:
 
 
 def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
-    from tqdm.auto import tqdm
-
     tqdm.write(
         f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
         f"seed={row['seed']}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({seconds:.0f} s)",
@@ -266,10 +260,6 @@ def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
 
 def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
     """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads."""
-    import logging
-
-    from lightning_ssl_backdoor.utils import quiet_lightning
-
     cfg, output, index = task
     quiet_lightning()
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
@@ -298,26 +288,14 @@ def _pick(specs: list, key: Any, kind: str, allow_none: bool = True) -> Optional
 
 
 def experiment_main(argv: list[str]) -> int:
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog="ssl-backdoor experiment",
-        description="Run attack -> defense -> SSL training -> evaluation and write the report.",
-    )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="experiment YAML")
-    parser.add_class_arguments(ExperimentConfig, None, fail_untyped=False)
-    parser.add_argument("--only", type=Optional[list[int]], default=None, help="run only these row numbers (0-based)")
-    parser.add_argument("--no_progress", type=bool, default=False, help="hide progress bars")
-    ns = parser.parse_args(argv)
-    cfg = config_from_dict(ns.as_dict())
+    """Entry point of ``ssl-backdoor experiment``: parse, run the rows, write the report."""
+    cfg, ns = parse_experiment(argv)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output or Path("runs") / cfg.name)
     t0 = time.perf_counter()
     runner = Runner(cfg, output, progress=not ns.no_progress)
     rows = runner.run(ns.only)
-    from lightning_ssl_backdoor.report.tables import write_report
-
     paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
     print(paths["table"])
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")
@@ -326,28 +304,3 @@ def experiment_main(argv: list[str]) -> int:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    """Build an :class:`ExperimentConfig` from parsed (or hand-written) nested dicts."""
-    fields = {k: d[k] for k in ExperimentConfig.__dataclass_fields__ if k in d and d[k] is not None}
-    if isinstance(fields.get("data"), dict):
-        fields["data"] = DataConfig(**fields["data"])
-    if isinstance(fields.get("trainer"), dict):
-        fields["trainer"] = TrainerConfig(**fields["trainer"])
-    cfg = ExperimentConfig(**fields)
-    cfg.algorithms = [_spec(a) for a in cfg.algorithms]
-    cfg.attacks = [None if a is None else _spec(a) for a in cfg.attacks]
-    cfg.defenses = [None if x is None else _spec(x) for x in cfg.defenses]
-    return cfg
-
-
-def _spec(x: Any) -> Spec:
-    if isinstance(x, Spec):
-        return x
-    if isinstance(x, str):
-        return Spec(name=x)
-    if isinstance(x, dict):
-        x = {k: v for k, v in x.items() if k != "class_path"}
-        return Spec(name=x["name"], init_args=dict(x.get("init_args") or {}), label=x.get("label"))
-    raise ConfigError(f"cannot read {x!r} as a component; write a name or {{name: ..., init_args: {{...}}}}.")

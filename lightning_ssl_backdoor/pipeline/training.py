@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning_ssl_backdoor._lightning import pl
-import torch
 from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
 from lightning_ssl_backdoor._lightning import TensorBoardLogger
 from safetensors.torch import load_file, save
@@ -74,7 +73,7 @@ def train_row(
     if done.is_file():
         return json.loads(done.read_text())
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = _datamodule(split, data, seed)
+    dm = _datamodule(split, data, seed, resolve_algorithm(algorithm.name))
     module = _build_module(dm, algorithm, model_args)
     ckpt_dir = workdir / "checkpoints"
     history = MetricHistory(workdir / "history.json")
@@ -126,8 +125,10 @@ def train_row(
 MODEL_FILE = "model.safetensors"
 
 
-def _datamodule(split: SSLSplit, data: DataConfig, seed: int) -> SSLDataModule:
-    return SSLDataModule(**vars(data), seed=seed, split=split)
+def _datamodule(split: SSLSplit, data: DataConfig, seed: int, cls: Optional[type] = None) -> SSLDataModule:
+    """The row's data module: :class:`SSLDataModule`, or the ``datamodule_class`` an algorithm names
+    (a subclass whose training loader the algorithm needs, e.g. DBD fine-tuning's draws)."""
+    return getattr(cls, "datamodule_class", SSLDataModule)(**vars(data), seed=seed, split=split)
 
 
 def _build_module(dm: SSLDataModule, algorithm: Spec, model_args: dict) -> SSLModule:

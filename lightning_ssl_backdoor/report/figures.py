@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_ssl_backdoor.report.tables import summarize  # noqa: E402
+from lightning_ssl_backdoor.report.summary import summarize  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -5,39 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import platform
-import statistics
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text
+from lightning_ssl_backdoor.report.figures import write_figures
+from lightning_ssl_backdoor.report.summary import METRICS, summarize
 
-METRICS = ("clean_accuracy", "asr", "asr_conditioned")
+__all__ = ["HEADERS", "METRICS", "markdown_table", "summarize", "write_report"]
+
 HEADERS = {"clean_accuracy": "CA (%)", "asr": "ASR (%)", "asr_conditioned": "ASR cond. (%)"}
-
-
-def _mean_std(values: list[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group rows by (algorithm, attack, defense): mean and std over seeds of CA and both ASRs."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["algorithm"], r["attack"], r["defense"]), []).append(r)
-    out = []
-    for (alg, att, dfn), rs in groups.items():
-        s: dict[str, Any] = {"algorithm": alg, "attack": att, "defense": dfn, "seeds": [r["seed"] for r in rs]}
-        for m in METRICS:
-            mean, std = _mean_std([r.get(m) for r in rs])
-            s[m] = None if mean is None else round(mean, 2)
-            s[m + "_std"] = None if std is None else round(std, 2)
-        out.append(s)
-    return out
 
 
 def _fmt(mean: Optional[float], std: Optional[float], n: int) -> str:
@@ -59,8 +40,6 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 
 def write_report(rows: list[dict[str, Any]], cfg: Any, output: Path, elapsed: float, version: str) -> dict[str, Any]:
     """Write results.json / results.md / results.csv (and figures) into ``output``; return paths."""
-    import torch
-
     output.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     table = markdown_table(summary)
@@ -79,13 +58,7 @@ def write_report(rows: list[dict[str, Any]], cfg: Any, output: Path, elapsed: fl
           "EMA weights are reported where the algorithm keeps them; the last model, never one selected on",
           "the test set.", "", f"package {version}, torch {torch.__version__}, {meta['created']}, "
           f"{meta['elapsed_seconds']} s"]
-    figures = []
-    try:
-        from lightning_ssl_backdoor.report.figures import write_figures
-
-        figures = write_figures(rows, output)
-    except ImportError:
-        pass
+    figures = write_figures(rows, output)
     if figures:
         md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     atomic_write_text(output / "results.md", "\n".join(md) + "\n")

@@ -2,13 +2,14 @@
 
 :class:`DBDFineTune` starts from the stage-2 model (backbone + linear head). Its data module supplies
 the ranked pool (``split.labeled``: images with their given, possibly poisoned, labels) and the
-extra unlabeled images (``split.unlabeled``); the data module's own batches only tick the clock.
-At step 0 and then every ``rerank_every`` steps, ALL pool samples are scored by the per-sample SCE
-loss (:func:`~.linear_head.rank_by_loss`, unaugmented, eval mode) and the ``filter_rate`` (50%)
-lowest become the labeled, high-credible set; the rest lose their labels and join the unlabeled
-images. Each step then draws ``B`` high-credible samples and ``unlabeled_ratio * B`` unlabeled ones (DBD: 64 + 64)
-from seeded per-epoch permutations, so a resumed run sees the very same batches, and runs MixMatch
-on them (K = 2, T = 0.5, mix-up alpha 0.75, lambda_u = 15 ramped linearly, Adam lr 0.002, DBD
+extra unlabeled images (``split.unlabeled``). At step 0 and then every ``rerank_every`` steps, ALL
+pool samples are scored by the per-sample SCE loss (:func:`~.linear_head.rank_by_loss`,
+unaugmented, eval mode) and the ``filter_rate`` (50%) lowest become the labeled, high-credible set;
+the rest lose their labels and join the unlabeled images. The training loader
+(:class:`~.draws.DBDFineTuneData`) yields each step's draw: ``B`` positions in a seeded per-epoch
+permutation of the high-credible set and ``unlabeled_ratio * B`` in one of the unlabeled set
+(DBD: 64 + 64), so a resumed run sees the very same batches; ``on_after_batch_transfer`` re-ranks
+when an epoch starts, resolves the positions against the current split and runs MixMatch on them (K = 2, T = 0.5, mix-up alpha 0.75, lambda_u = 15 ramped linearly, Adam lr 0.002, DBD
 App. B.3). The step-0 ranking is the stage-2 filtering, because the weights are still the stage-2
 ones. With ``rank=False`` the whole pool is trusted (the poisoned-unlabeled threat model).
 
@@ -25,13 +26,15 @@ from typing import Any, Optional
 import torch
 
 from lightning_ssl_backdoor.data.split import PoisonedSplit
-from lightning_ssl_backdoor.data.streams import EpochPermutationIndex
-from lightning_ssl_backdoor.defenses.dbd.linear_head import ROBUST_LOSSES, loss_kwargs_of, rank_by_loss
+from lightning_ssl_backdoor.defenses.dbd.draws import DBDDrawStream, DBDFineTuneData
+from lightning_ssl_backdoor.defenses.dbd.linear_head import ROBUST_LOSSES, loss_kwargs_of, lowest_fraction, rank_by_loss
+from lightning_ssl_backdoor.defenses.dbd.simclr import load_classifier_state, load_into
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.ssl.mixmatch import MixMatch
 
 
 class DBDFineTune(MixMatch):
+    datamodule_class = DBDFineTuneData  # the runner trains it on this data module
     """MixMatch over a high-credible / low-credible partition of the pool that is re-ranked.
 
     Args (besides :class:`MixMatch`'s):
@@ -41,7 +44,7 @@ class DBDFineTune(MixMatch):
         rerank_every: steps between rankings (an "epoch"); ``None``: one pass over the high-credible
             set, ``ceil(alpha N / B)``; 0: rank only once, at step 0.
         unlabeled_ratio: unlabeled images per labeled one in a step (1, as DBD's 64 + 64; named
-            apart from the data module's ``mu``, which only drives the clock here and is 0).
+            apart from the data module's ``mu``, which the draws of DBDFineTuneData do not use).
         rank_loss: ``sce`` (``sce_alpha`` 0.1, ``sce_beta`` 1), ``gce``, ``apl`` or ``ce``.
         per_class: keep the ``filter_rate`` lowest within each given label instead of globally.
         lr, adam_weight_decay: Adam (0.002, 0). ``temperature`` 0.5, ``lambda_u`` 15, ``ema_decay`` None.
@@ -83,8 +86,6 @@ class DBDFineTune(MixMatch):
         super().__init__(*args, temperature=temperature, lambda_u=lambda_u, lr=lr, ema_decay=ema_decay, **kwargs)
         self.save_hyperparameters()
         if init_checkpoint:
-            from lightning_ssl_backdoor.defenses.dbd.simclr import load_classifier_state, load_into
-
             load_into(self.model, load_classifier_state(init_checkpoint), "stage-2 model", init_checkpoint)
             if self.ema_model is not None:
                 self.ema_model.load_state_dict(self.model.state_dict())
@@ -97,7 +98,7 @@ class DBDFineTune(MixMatch):
         self._sample_seed = 0
         self._high: Optional[torch.Tensor] = None
         self._ranked_at: Optional[int] = None
-        self._orders: Optional[tuple] = None
+        self._index_sets: Optional[tuple] = None
         self._pending_log: Optional[dict] = None
         self.filter_history: list[dict[str, Any]] = []
 
@@ -140,7 +141,7 @@ class DBDFineTune(MixMatch):
             mean_loss: Optional[float] = float(losses.mean()) if n else None
         else:
             high, mean_loss = torch.ones(n, dtype=torch.bool), None
-        self._high, self._ranked_at, self._orders = high, int(step), None
+        self._high, self._ranked_at, self._index_sets = high, int(step), None
         entry = {
             "step": int(step),
             "num_ranked": n,
@@ -153,46 +154,49 @@ class DBDFineTune(MixMatch):
         self._pending_log = entry
         return entry
 
-    def _index_orders(self) -> tuple:
-        """Seeded endless permutations of the current high-credible and unlabeled index sets."""
-        if self._orders is None:
-            assert self._high is not None and self._extra is not None
-            n_pool = len(self._high)
-            hi = torch.nonzero(self._high).flatten()
-            lo = torch.nonzero(~self._high).flatten()
-            u_space = torch.cat([lo, n_pool + torch.arange(len(self._extra))])
-            if len(hi) == 0:
-                raise ConfigError("the high-credible set is empty: raise filter_rate or add labeled data.")
-            if len(u_space) == 0:
-                raise ConfigError("DBD fine-tuning has no unlabeled images: lower filter_rate or add unlabeled data.")
-            seed = (self._sample_seed * 1_000_003 + int(self._ranked_at or 0)) * 16 + int(self.global_rank)
-            self._orders = (hi, EpochPermutationIndex(len(hi), 2 * seed),
-                            u_space, EpochPermutationIndex(len(u_space), 2 * seed + 1))
-        return self._orders
+    def num_high(self) -> int:
+        """Size of the high-credible set every ranking keeps (the whole pool without ranking)."""
+        assert self._pool is not None
+        if not self.hparams.rank:
+            return len(self._pool)
+        groups = self._pool.labels if self.hparams.per_class else None
+        return int(lowest_fraction(torch.zeros(len(self._pool)), float(self.hparams.filter_rate), groups).sum())
 
-    def draw_batch(self, batch_size: int, device: torch.device) -> dict:
-        """The uint8 training batch of the current step (re-ranking first when an epoch starts)."""
-        step = int(self.global_step)
-        epoch = self._epoch_steps(batch_size)
-        due = epoch > 0 and step % epoch == 0 and self._ranked_at != step
-        if self._high is None or (self.hparams.rank and due):
+    def draw_stream(self, batch_size: int, start_step: int = 0) -> DBDDrawStream:
+        """The per-step draws this module trains on (what :class:`~.draws.DBDFineTuneData` loads)."""
+        assert self._pool is not None and self._extra is not None, "call setup() first"
+        n_high = self.num_high()
+        return DBDDrawStream(n_high, len(self._pool) - n_high + len(self._extra), batch_size,
+                             int(self.hparams.unlabeled_ratio), self._epoch_steps(batch_size),
+                             bool(self.hparams.rank), self._sample_seed, start_step)
+
+    def resolve_draw(self, draw: dict, device: torch.device) -> dict:
+        """The uint8 training batch of one draw (re-ranking first when its epoch starts)."""
+        step, ranked_at = int(draw["step"]), int(draw["ranked_at"])
+        if self._high is None or (self.hparams.rank and self._ranked_at != ranked_at):
             self.rerank(step)
+        if self._ranked_at != ranked_at or int(draw["num_high"]) != int(self._high.sum()):
+            raise ConfigError(f"the draw of step {step} belongs to another split (ranked at {ranked_at}, "
+                              f"{int(draw['num_high'])} high-credible); train with DBDFineTuneData.")
         if self._all_images is None or self._all_images.device != device:
             self._all_images = torch.cat([self._pool.images, self._extra.images]).to(device)
             self._pool_labels = self._pool.labels.to(device)
-        hi, lab_order, u_space, u_order = self._index_orders()
-        k = step - int(self._ranked_at or 0)
-        bu = int(self.hparams.unlabeled_ratio) * batch_size
-        li = hi[lab_order.take(k * batch_size, batch_size)].to(device)
-        ui = u_space[u_order.take(k * bu, bu)].to(device)
+        if self._index_sets is None:
+            hi = torch.nonzero(self._high).flatten()
+            lo = torch.nonzero(~self._high).flatten()
+            self._index_sets = (hi.to(device), torch.cat([lo, len(self._high) + torch.arange(len(self._extra))]).to(device))
+        hi, u_space = self._index_sets
+        li, ui = hi[draw["labeled"].to(device)], u_space[draw["unlabeled"].to(device)]
         return {
             "labeled": {"x": self._all_images[li], "y": self._pool_labels[li], "idx": li},
             "unlabeled": {"x": self._all_images[ui], "idx": ui},
         }
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if "labeled" in batch:
-            batch = self.draw_batch(len(batch["labeled"]["y"]), batch["labeled"]["x"].device)
+        if "draw" in batch:
+            batch = self.resolve_draw(batch["draw"], batch["draw"]["labeled"].device)
+        elif "labeled" in batch:
+            raise ConfigError("DBD fine-tuning trains on the draws of DBDFineTuneData, not on SSLDataModule batches.")
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -221,4 +225,4 @@ class DBDFineTune(MixMatch):
         self._high = None if high is None else high.to(torch.bool).cpu()
         self._ranked_at = checkpoint.get("dbd_ranked_at")
         self.filter_history = list(checkpoint.get("dbd_filter_history", []))
-        self._orders = None
+        self._index_sets = None

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.dbd.simclr import load_backbone_state, load_into
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import active_passive_loss, generalized_cross_entropy, symmetric_cross_entropy
 from lightning_ssl_backdoor.ssl.base import SSLModule
@@ -155,8 +156,6 @@ class LinearHead(SSLModule):
         self.save_hyperparameters()
         self._loss_fn = loss_fn
         if backbone_checkpoint:
-            from lightning_ssl_backdoor.defenses.dbd.simclr import load_backbone_state, load_into
-
             load_into(self.model.backbone, load_backbone_state(backbone_checkpoint), "backbone", backbone_checkpoint)
             if self.ema_model is not None:
                 self.ema_model.load_state_dict(self.model.state_dict())

@@ -26,6 +26,7 @@ import torch
 from lightning_ssl_backdoor._lightning import Callback
 from torch import nn
 
+from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.defenses.dbd.views import SimCLRAugment
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import nt_xent_loss
@@ -217,6 +218,4 @@ class ExportModel(Callback):
             return
         save_model_state(pl_module.model, self.path)
         if self.history_path is not None:
-            from lightning_ssl_backdoor.data.artifacts import atomic_write_json
-
             atomic_write_json(self.history_path, list(getattr(pl_module, "filter_history", [])))

@@ -78,7 +78,7 @@ def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each RGB image by ``shift`` (fraction of the hue circle, ``[B]``)."""
     if x.shape[1] != 3:
         return x.clone()
-    from kornia.enhance import adjust_hue
+    from kornia.enhance import adjust_hue  # lazy: kornia takes seconds to import; only the hue jitter needs it
 
     return adjust_hue(x, (2.0 * math.pi) * shift.to(x.dtype)).clamp_(0.0, 1.0)
 

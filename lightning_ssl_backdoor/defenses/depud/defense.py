@@ -41,6 +41,8 @@ from typing import Any, Optional
 import torch
 
 from lightning_ssl_backdoor.data import SSLSplit
+from lightning_ssl_backdoor.data.artifacts import sha256_array
+from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.defenses.depud.detector import (
     PoisonDetector,
     SaveModelState,
@@ -52,7 +54,6 @@ from lightning_ssl_backdoor.defenses.depud.purify import MODES, load_masks, puri
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import auroc, detection_metrics
 from lightning_ssl_backdoor.spec import Spec, config_hash
-from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.ssl import resolve_algorithm
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
@@ -147,7 +148,6 @@ class DePuD(Defense):
         """The context whose ``stage_dir`` holds stages 1 and 2 (see the module docstring)."""
         if not self.share_detector:
             return ctx
-        from lightning_ssl_backdoor.data.artifacts import sha256_array
 
         model_args = {k: v for k, v in sorted(ctx.model_args.items()) if k in INHERITED_MODEL_KEYS}
         key = config_hash(
@@ -243,6 +243,7 @@ class DePuD(Defense):
 
     def write_figures(self, ctx: DefenseContext, split: SSLSplit, scores: torch.Tensor,
                       model: torch.nn.Module) -> dict[str, str]:
+        # lazy: the figures import matplotlib (heavy), needed only when figures are written
         from lightning_ssl_backdoor.defenses.depud.figures import gradcam_overlays, score_histograms
 
         poison, triggered = poison_groups(split)

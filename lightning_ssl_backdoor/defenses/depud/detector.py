@@ -28,7 +28,9 @@ from lightning_ssl_backdoor._lightning import pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
+from lightning_ssl_backdoor.data.artifacts import atomic_write
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
@@ -92,8 +94,6 @@ class PoisonDetector(SSLModule):
 
     # ---------------------------------------------------------------- evaluation
     def _build_eval_metrics(self) -> None:
-        from torchmetrics import MeanMetric
-
         self._eval_metrics = nn.ModuleDict(
             {f"{s}_{w}": MeanMetric() for s in ("val", "test") for w in ("score_clean", "score_triggered")}
         )
@@ -163,7 +163,6 @@ class SaveModelState(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from lightning_ssl_backdoor.data.artifacts import atomic_write
 
         state = {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()}
         atomic_write(self.path, lambda fh: torch.save(state, fh))

@@ -27,8 +27,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from lightning_ssl_backdoor.data.artifacts import load_arrays, save_arrays, sha256_array
 from lightning_ssl_backdoor.data.imageset import quantize
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.ssl import ALGORITHMS
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
 MODES = ("oc", "dp", "ocdp")
@@ -76,8 +78,6 @@ def save_masks(
     """Write the purification masks (uint8 ``[N, H, W]``, aligned with the unlabeled set), the
     per-channel mean pixel and optionally the detector scores as an ``.npz`` artifact whose
     manifest records the sha256 of the unlabeled images they belong to."""
-    from lightning_ssl_backdoor.data.artifacts import save_arrays, sha256_array
-
     masks = torch.as_tensor(masks)
     if masks.dtype != torch.uint8 or masks.ndim != 3:
         raise ConfigError("masks must be a uint8 [N, H, W] tensor (round(255 * mask)).")
@@ -95,8 +95,6 @@ def save_masks(
 
 def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by :func:`save_masks` (hashes checked): arrays as tensors, and its meta."""
-    from lightning_ssl_backdoor.data.artifacts import load_arrays
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"purification masks {path} do not exist; run the DePuD defense to create them.")
@@ -152,8 +150,6 @@ class PurificationMixin:
         dm = getattr(self.trainer, "datamodule", None)
         split = getattr(dm, "split", None)
         if split is not None:
-            from lightning_ssl_backdoor.data.artifacts import sha256_array
-
             if len(split.unlabeled) != len(arrays["masks"]) or \
                     sha256_array(split.unlabeled.images.numpy()) != meta.get("unlabeled_sha256"):
                 raise ConfigError(f"the masks in {path} were made for a different unlabeled set than this data module's.")
@@ -216,8 +212,6 @@ def purified_class_path(cls: type) -> str:
 def __getattr__(name: str) -> type:
     # ``PurifiedFixMatch`` etc. resolve in a fresh process for every algorithm in ssl.ALGORITHMS.
     if name.startswith("Purified"):
-        from lightning_ssl_backdoor.ssl import ALGORITHMS
-
         base = name[len("Purified"):]
         for cls in ALGORITHMS.values():
             if cls.__name__ == base:
