@@ -180,8 +180,11 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
 
     # ------------------------------------------------------- augmentation
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Refuse, in one sentence, a batch that is not in the layout of the module docstring."""
-        check_batch_layout(batch)
+        """Refuse, in one sentence, a batch that is not in the layout of the module docstring (a
+        module that names its own ``datamodule_class``, such as DBD's fine-tuning, reads that data
+        module's layout instead and checks it itself)."""
+        if getattr(self, "datamodule_class", None) is None:
+            check_batch_layout(batch)
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
