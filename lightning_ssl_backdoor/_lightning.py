@@ -73,6 +73,8 @@ Trainer = pl.Trainer
 Callback = pl.Callback
 seed_everything = pl.seed_everything
 ModelCheckpoint = pl.callbacks.ModelCheckpoint
+LearningRateMonitor = pl.callbacks.LearningRateMonitor
+TQDMProgressBar = pl.callbacks.TQDMProgressBar
 
 # imported on first use: the CLI pulls in jsonargparse, the loggers their writers
 _LAZY = {
@@ -99,10 +101,12 @@ __all__ = [
     "ENV_VAR",
     "LightningCLI",
     "LightningDataModule",
+    "LearningRateMonitor",
     "LightningModule",
     "ModelCheckpoint",
     "NAMESPACE",
     "NAMESPACES",
+    "TQDMProgressBar",
     "TensorBoardLogger",
     "Trainer",
     "choose_namespace",

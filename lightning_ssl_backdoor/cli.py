@@ -13,7 +13,7 @@ from typing import Optional
 
 from lightning_ssl_backdoor.errors import SSLBackdoorError
 
-USAGE = """usage: ssl-backdoor {fit,validate,test,poison,experiment} [-h] [-c CONFIG.yaml ...] [options]
+USAGE = """usage: ssl-backdoor {fit,validate,test,poison,experiment,report} [-h] [-c CONFIG.yaml ...] [options]
 
 Backdoor attacks and defenses in semi-supervised learning.
 
@@ -23,6 +23,7 @@ subcommands:
   test         evaluate clean accuracy and attack success rate on the test set
   poison       run an attack and write a PoisonedSplit artifact (npz + JSON manifest)
   experiment   run attack -> defenses -> SSL training -> evaluation -> report
+  report       `report merge DIR... --output DIR`: one report from the shards of a grid (--only)
 
 Run `ssl-backdoor SUBCOMMAND --help` for the options of one subcommand.
 """
@@ -74,6 +75,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             from lightning_ssl_backdoor.attacks.cli import poison_main
 
             return int(poison_main(rest) or 0)
+        if cmd == "report":
+            from lightning_ssl_backdoor.pipeline.merge import report_main
+
+            return int(report_main(rest) or 0)
         if cmd == "experiment":
             from lightning_ssl_backdoor.pipeline.experiment import experiment_main
 

@@ -19,6 +19,8 @@ class DataConfig:
     dataset: str = "digits"
     root: Optional[str] = None
     image_size: int = 16
+    # 1 or 3; None keeps the dataset's own (digits: 1 grey channel). Models take in_channels from it.
+    channels: Optional[int] = None
     num_labeled: Optional[int] = None
     labels_per_class: Optional[int] = 5
     num_unlabeled: Optional[int] = None

@@ -132,11 +132,11 @@ def test_bad_configs_raise_config_errors():
 # ----------------------------------------------------------------------------------- SimCLR module
 def test_simclr_step_uses_all_images_and_trains_backbone(poisoned_digits, tmp_path):
     torch.manual_seed(0)
-    m = SimCLR(**TINY_MODEL)
+    m = SimCLR(**{**TINY_MODEL, "in_channels": 1})  # digits are grey
     assert [l.out_features for l in m.projector.net if isinstance(l, nn.Linear)] == [16, 128]
     raw = next(iter(SSLDataModule(split=poisoned_digits, batch_size=4, mu=2).train_dataloader()))
     out = m.on_after_batch_transfer(raw, 0)
-    assert out["x1"].shape == (12, 3, 8, 8) and not torch.allclose(out["x1"], out["x2"])
+    assert out["x1"].shape == (12, 1, 8, 8) and not torch.allclose(out["x1"], out["x2"])
     loss = m.training_step(out, 0)
     z = m.project(torch.cat([out["x1"], out["x2"]]))
     assert torch.allclose(loss, nt_xent_loss(z[:12], z[12:], 0.5), atol=1e-5)

@@ -182,14 +182,14 @@ def test_warm_start_from_the_surrogate_loads_theta0(tmp_path):
     runner = Runner(cfg, tmp_path / "run", progress=False)
     args = runner.model_args(0)
     theta0 = load_surrogate(args["init_weights"])
-    module = ALGORITHMS["fixmatch"](num_classes=10, in_channels=3, **args)
+    module = ALGORITHMS["fixmatch"](num_classes=10, in_channels=1, **args)
     for name, ref in theta0.state_dict().items():
         assert torch.equal(module.model.state_dict()[name], ref)
         assert torch.equal(module.ema_model.state_dict()[name], ref)
     cold = Runner(config_from_dict(TINY), tmp_path / "cold", progress=False).model_args(0)
     assert "init_weights" not in cold
     with pytest.raises(Exception, match="does not fit"):
-        ALGORITHMS["fixmatch"](num_classes=10, in_channels=3, arch="tiny_cnn", model_kwargs={"width": 16},
+        ALGORITHMS["fixmatch"](num_classes=10, in_channels=1, arch="tiny_cnn", model_kwargs={"width": 16},
                                init_weights=args["init_weights"])
 
 

@@ -434,9 +434,10 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
 def test_read_digits_shapes_values_and_channels():
     tr = read_digits("train")
     te = read_digits("test")
-    assert tr.images.shape == (len(tr), 3, 32, 32) and tr.images.dtype == torch.uint8
+    assert tr.images.shape == (len(tr), 1, 32, 32) and tr.images.dtype == torch.uint8  # grey by default
     assert len(tr) + len(te) == 1797 and tr.classes == [str(d) for d in range(10)]
-    assert torch.equal(tr.images[:, 0], tr.images[:, 2])
+    rgb = read_digits("train", channels=3)  # still possible on request
+    assert rgb.images.shape == (len(tr), 3, 32, 32) and torch.equal(rgb.images[:, 2], tr.images[:, 0])
     raw = read_digits("test", image_size=8, channels=1)
     assert raw.images.shape == (len(te), 1, 8, 8)
     assert int(raw.images.max()) == 255 and int(raw.images.min()) == 0
@@ -445,7 +446,7 @@ def test_read_digits_shapes_values_and_channels():
     _, test_idx = digits_split_indices(load_digits().target)
     src = load_digits().images[test_idx]
     assert np.array_equal(raw.images[:, 0].numpy(), np.rint(src * 255 / 16).astype(np.uint8))
-    assert torch.equal(te.images[:, :1], resize_images(raw.images, 32))
+    assert torch.equal(te.images, resize_images(raw.images, 32))
     assert torch.equal(read_digits("test").images, te.images)
     assert torch.equal(te.labels, raw.labels)
     with pytest.raises(ConfigError, match="1 or 3"):
@@ -491,7 +492,18 @@ def test_load_dataset_dispatch_and_errors(tmp_path):
         with pytest.raises(ConfigError, match="needs root"):
             load_dataset(name, "train")
     with pytest.raises(ConfigError, match="does not take option"):
-        load_dataset("cifar10", "test", root=tmp_path, channels=1)
+        load_dataset("cifar10", "test", root=tmp_path, test_fraction=0.5)
+    # channels: RGB sets read as luma on request, 3 is a no-op; grey digits are never repeated unasked
+    grey = load_dataset("cifar10", "test", root=tmp_path, channels=1)
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    expect = (full.images.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+    assert grey.images.shape == (3, 1, 32, 32) and torch.equal(grey.images, expect)
+    assert torch.equal(load_dataset("cifar10", "test", root=tmp_path, channels=3).images, full.images)
+    assert load_dataset("digits", "test", image_size=8).images.shape[1] == 1
+    assert load_dataset("digits", "test", image_size=8, channels=3).images.shape[1] == 3
+    for bad in (2, 0, True):
+        with pytest.raises(ConfigError, match="channels must be 1 or 3"):
+            load_dataset("digits", "test", channels=bad)
     with pytest.raises(ConfigError, match="image_size"):
         load_dataset("digits", image_size=0)
     assert set(readers.__all__) >= {"load_dataset", "read_cifar", "restricted_load", "RestrictedUnpickler"}

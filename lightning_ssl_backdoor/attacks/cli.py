@@ -11,7 +11,7 @@ Config keys (YAML or command line; command-line values override YAML values)::
       num_unlabeled: null     # optional cap on the unlabeled pool
       include_labeled_in_unlabeled: false
       seed: 0                 # split seed
-      options: {}             # extra reader options (e.g. channels: 1 for digits)
+      options: {}             # extra reader options (e.g. channels: 3 for RGB digits)
     attack:      # {name: <attack>, ...options}  or  {class_path: ..., init_args: {...}}
       name: deneb
       target: 0

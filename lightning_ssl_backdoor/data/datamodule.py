@@ -38,6 +38,8 @@ class SSLDataModule(pl.LightningDataModule):
         dataset: one of ``digits, cifar10, cifar100, svhn, stl10, folder``.
         root: folder holding the dataset files (not needed for ``digits``).
         image_size: images are resized to this side length (digits: upscaled from 8x8).
+        channels: 1 or 3 image channels; None (default) keeps the dataset's own (digits: 1, the
+            RGB sets: 3). The model's ``in_channels`` follows the data (:attr:`in_channels`).
         num_labeled / labels_per_class: labeled budget, total or per class (class-balanced).
         num_unlabeled: optional cap on the unlabeled pool (reduced-scale runs).
         include_labeled_in_unlabeled: also put the labeled images in the unlabeled pool.
@@ -57,6 +59,7 @@ class SSLDataModule(pl.LightningDataModule):
         dataset: str = "digits",
         root: Optional[str] = None,
         image_size: int = 32,
+        channels: Optional[int] = None,
         num_labeled: Optional[int] = None,
         labels_per_class: Optional[int] = 4,
         num_unlabeled: Optional[int] = None,
@@ -78,6 +81,7 @@ class SSLDataModule(pl.LightningDataModule):
             raise ConfigError("batch_size and eval_batch_size must be >= 1 and mu >= 0.")
         self.save_hyperparameters(ignore=["split"])
         self.dataset, self.root, self.image_size = dataset, root, int(image_size)
+        self.channels = channels
         self.num_labeled, self.labels_per_class = num_labeled, labels_per_class
         self.num_unlabeled = num_unlabeled
         self.include_labeled_in_unlabeled = include_labeled_in_unlabeled
@@ -102,10 +106,10 @@ class SSLDataModule(pl.LightningDataModule):
             return load_poisoned_split(self.poisoned_split)
         from lightning_ssl_backdoor.data.readers import load_dataset
 
-        train = load_dataset(self.dataset, "train", root=self.root, image_size=self.image_size,
-                             cache_dir=self.cache_dir)
-        test = load_dataset(self.dataset, "test", root=self.root, image_size=self.image_size,
-                            cache_dir=self.cache_dir)
+        opts = dict(root=self.root, image_size=self.image_size, channels=self.channels,
+                    cache_dir=self.cache_dir)
+        train = load_dataset(self.dataset, "train", **opts)
+        test = load_dataset(self.dataset, "test", **opts)
         return subset_split(
             train,
             test,
@@ -123,6 +127,7 @@ class SSLDataModule(pl.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
+        """Channels of the images (the model's ``in_channels``, linked by the CLI)."""
         return int(self.split.test.images.shape[1])
 
     @property

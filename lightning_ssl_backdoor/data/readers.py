@@ -79,13 +79,15 @@ def digits_split_indices(targets: np.ndarray, test_fraction: float = 0.25) -> tu
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def read_digits(split: str = "train", image_size: int = 32, channels: int = 3,
+def read_digits(split: str = "train", image_size: int = 32, channels: int = 1,
                 test_fraction: float = 0.25) -> ImageSet:
     """scikit-learn's bundled digits (1,797 images, 8 x 8) as uint8 ``[N, channels, S, S]``.
 
-    Pixel values 0..16 are scaled to 0..255, upscaled bilinearly to ``image_size`` and repeated
-    to ``channels`` (1 or 3). The stratified train/test split is fixed (see
-    :func:`digits_split_indices`). Classes are ``"0".."9"``. Reads no files.
+    Pixel values 0..16 are scaled to 0..255 and upscaled bilinearly to ``image_size``. The digits
+    are grey, so they stay one channel by default; ``channels=3`` repeats the grey plane into three
+    identical channels (only for a model that insists on RGB input: a perturbation optimised per
+    channel then turns into colour, which no clean digit has). The stratified train/test split is
+    fixed (see :func:`digits_split_indices`). Classes are ``"0".."9"``. Reads no files.
     """
     from sklearn.datasets import load_digits
 
@@ -175,14 +177,31 @@ _READERS = {
 }
 
 
+def _convert_channels(data: ImageSet, channels: int, dataset: str) -> ImageSet:
+    """RGB -> luma (BT.601 weights, rounded to uint8) for ``channels=1``; grey is never repeated."""
+    if channels != 1 or data.images.shape[1] != 3:
+        raise ConfigError(
+            f"dataset '{dataset}' has {data.images.shape[1]}-channel images and cannot be read with "
+            f"channels={channels}; use channels: 1 (luma) or leave channels unset."
+        )
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (data.images.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    return ImageSet(images=grey.contiguous(), labels=data.labels, classes=data.classes,
+                    true_labels=data.true_labels)
+
+
 def load_dataset(name: str, split: str = "train", root=None, image_size: Optional[int] = None,
-                 cache: bool = True, cache_dir=None, **kwargs) -> ImageSet:
+                 channels: Optional[int] = None, cache: bool = True, cache_dir=None,
+                 **kwargs) -> ImageSet:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and return its ``split`` as an ImageSet.
 
     ``root`` is the folder (or archive) holding the files (not needed for "digits"). With
     ``image_size`` the images come back as ``image_size`` x ``image_size`` (bilinear on float, then
-    quantised, for every format). Extra keyword arguments go to the format's reader (e.g.
-    ``channels`` and ``test_fraction`` for digits). File-based data sets go through the decode cache
+    quantised, for every format). ``channels`` (1 or 3; None keeps the format's own count: 1 for
+    digits, 3 for the others) goes to a reader that takes it (digits); for the other formats
+    ``channels=1`` converts the RGB images to their luma (ITU-R BT.601, rounded) and ``channels=3``
+    is what they already are. Extra keyword arguments go to the format's reader (e.g.
+    ``test_fraction`` for digits). File-based data sets go through the decode cache
     (:mod:`~lightning_ssl_backdoor.data.cache`; ``cache=False`` skips it, ``cache_dir`` moves it).
     """
     key = str(name).strip().lower().replace("-", "").replace("_", "")
@@ -191,10 +210,17 @@ def load_dataset(name: str, split: str = "train", root=None, image_size: Optiona
     size = check_image_size(image_size)
     if key != "digits" and (root is None or (isinstance(root, str) and not root.strip())):
         raise ConfigError(f"dataset '{key}' needs root=<folder with its files>; only 'digits' is bundled.")
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise ConfigError(f"channels must be 1 or 3 (or null for the dataset's own), got {channels!r}.")
     reader, fixed = _READERS[key](root, split, size)
+    own_channels = "channels" in inspect.signature(reader).parameters
+    if channels is not None and own_channels:
+        kwargs = {**kwargs, "channels": int(channels)}
 
     def load() -> ImageSet:
         data = _call(reader, key, kwargs, **fixed)
+        if channels is not None and not own_channels and data.images.shape[1] != channels:
+            data = _convert_channels(data, int(channels), key)
         if size is not None and tuple(data.images.shape[-2:]) != (size, size):
             data = ImageSet(images=resize_images(data.images, size), labels=data.labels,
                             classes=data.classes, true_labels=data.true_labels)
@@ -205,5 +231,6 @@ def load_dataset(name: str, split: str = "train", root=None, image_size: Optiona
     source = Path(os.fspath(root)).expanduser()
     if not source.exists():
         raise DataFormatError(f"the {key} root '{source}' does not exist; point root at your copy of the data.")
+    options = sorted(kwargs.items()) + ([("channels", 1)] if channels == 1 and not own_channels else [])
     return cached_load(load, source, cache_dir, dataset=key, split=str(split), image_size=size,
-                       options=sorted(kwargs.items()))
+                       options=options)

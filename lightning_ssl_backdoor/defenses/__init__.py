@@ -16,6 +16,7 @@ from lightning_ssl_backdoor.defenses.base import (
     defense_class,
     register_defense,
 )
+from lightning_ssl_backdoor.defenses.baselines import BASELINES  # registers the papers' baselines (issue 15)
 from lightning_ssl_backdoor.defenses.clustering import cluster_detect, single_linkage_heights
 from lightning_ssl_backdoor.defenses.clustering_defense import ClusteringDefense
 from lightning_ssl_backdoor.defenses.dbd import DBD
@@ -33,9 +34,9 @@ from lightning_ssl_backdoor.defenses.influence import (
 from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
 from lightning_ssl_backdoor.defenses.invalidator import Invalidator
 from lightning_ssl_backdoor.defenses.knn import chunked_knn, mean_knn_sqdist, pair_dots
-from lightning_ssl_backdoor.defenses.repair import REPAIR_DEFENSES
 
 __all__ = [
+    "BASELINES",
     "ClusteringDefense",
     "DBD",
     "DEFENSES",
@@ -47,7 +48,6 @@ __all__ = [
     "InfluenceDefense",
     "Invalidator",
     "ModelDefense",
-    "REPAIR_DEFENSES",
     "TrainedModel",
     "TrainingDynamicsRecorder",
     "build_defense",

@@ -29,9 +29,11 @@ from lightning_ssl_backdoor.data.subset import subset_split
 from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
+from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
 from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
-from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, config_hash
+from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, TrainerConfig, config_hash
 from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
+from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
 from lightning_ssl_backdoor.pipeline.training import train_row
 from lightning_ssl_backdoor.report.figures import example_grid
 from lightning_ssl_backdoor.report.tables import write_report
@@ -42,8 +44,9 @@ __all__ = ["Runner", "config_from_dict", "data_hashes", "experiment_main", "load
 
 def load_clean_split(cfg: ExperimentConfig, seed: int) -> SSLSplit:
     d = cfg.data
-    train = load_dataset(d.dataset, "train", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
-    test = load_dataset(d.dataset, "test", root=d.root, image_size=d.image_size, cache_dir=d.cache_dir)
+    opts = dict(root=d.root, image_size=d.image_size, channels=d.channels, cache_dir=d.cache_dir)
+    train = load_dataset(d.dataset, "train", **opts)
+    test = load_dataset(d.dataset, "test", **opts)
     return subset_split(
         train,
         test,
@@ -62,6 +65,9 @@ def split_key(cfg: ExperimentConfig, seed: int) -> str:
         "split", d.dataset, d.root, d.image_size, d.num_labeled, d.labels_per_class,
         d.num_unlabeled, d.include_labeled_in_unlabeled, seed,
         *([d.subset] if d.subset else []),
+        # "grey-default": digits became 1-channel by default, so caches of 3-channel splits differ;
+        # the other data sets' keys change only when channels is set
+        *(["channels", d.channels, "grey-default"] if d.dataset == "digits" or d.channels is not None else []),
     )
 
 
@@ -98,7 +104,7 @@ class Runner:
             progress=self.progress,
         )
         grid = self.output / f"examples_{_slug(attack.display)}.png"
-        if not grid.is_file():
+        if not grid.is_file() and is_global_zero():
             example_grid(split, grid)
         return split, key
 
@@ -147,19 +153,47 @@ class Runner:
         tkey = config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
                            asdict(self.cfg.trainer), seed, None if defense is None else asdict(defense))
         if defense is not None:
+            run = self.tensorboard_run(algorithm, attack, defense, seed)
+
+            def train_named(*args, **kwargs):  # each model a defense trains: a run under the row's name
+                stage = Path(args[6] if len(args) > 6 else kwargs["workdir"]).name
+                return train_row(*args, **kwargs, tensorboard=(run[0], f"{run[1]}/{stage}"))
+
             ctx = defense_context(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
-                                  self.cache / f"defense-{tkey}", progress=self.progress)
+                                  self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named)
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"
         callbacks = []
         if self.cfg.dynamics_every:
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
+        clean_row = attack is None and any(a is not None for a in self.cfg.attacks)
         res = train_row(
             split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,
             workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
+            tensorboard=self.tensorboard_run(algorithm, attack, defense, seed), save_model=clean_row,
         )
-        return self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
+        row = self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
+        if clean_row and res.get("model_path"):
+            row["base_rates"] = self.base_rates(split, seed, algorithm, model_args, res, workdir)
+        return row
+
+    def base_rates(self, split, seed, algorithm, model_args, res, workdir) -> dict[str, Any]:
+        """Each attack's trigger on the no-attack model (:mod:`lightning_ssl_backdoor.pipeline.base_rate`)."""
+        attacked = {a.display: self.attacked_split(seed, a)[0] for a in self.cfg.attacks if a is not None}
+
+        def context(probe):
+            return defense_context(probe, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
+                                   workdir / "base_rates", progress=False)
+
+        return attack_base_rates(split, attacked, context(split).load_model(res).evaluated, context)
+
+    def tensorboard_run(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> tuple[Path, str]:
+        """(folder, run name) of a row's TensorBoard run: ``OUTPUT/tensorboard/<label>/seed<s>``,
+        the label being algorithm__attack__defense (``tensorboard --logdir OUTPUT/tensorboard``)."""
+        label = "__".join(_slug(x) for x in (algorithm.display, attack.display if attack else "no-attack",
+                                              defense.display if defense else "no-defense"))
+        return self.output / "tensorboard", f"{label}/seed{seed}"
 
     def make_row(self, algorithm, attack, defense, seed, split, res, defense_info, tkey) -> dict[str, Any]:
         t = res["test"]
@@ -208,15 +242,27 @@ class Runner:
             if bad:
                 raise ConfigError(f"--only {bad} out of range: this grid has rows 0..{len(rows) - 1}.")
         chosen = [i for i in range(len(rows)) if only is None or i in only]
+        t = self.cfg.trainer
+        ddp = _uses_ddp(t)
+        if ddp and self.cfg.jobs > 1:
+            raise ConfigError(f"jobs: {self.cfg.jobs} trains rows side by side, one GPU each; with DDP "
+                              f"(trainer.devices {t.devices!r}, strategy {t.strategy!r}) set jobs: 1.")
         if self.cfg.jobs > 1 and len(chosen) > 1:
             return self._run_parallel(rows, chosen)
+        if ddp:
+            # DDP: the shared stages before the first fit, which starts the other ranks (Lightning's
+            # launcher): they then read every attack and surrogate from the cache
+            for i in chosen:
+                self.attacked_split(rows[i][3], rows[i][1])
+                self.model_args(rows[i][3])
         out = []
-        bar = tqdm(chosen, desc="experiment rows", disable=not self.progress, file=sys.stderr)
+        bar = tqdm(chosen, desc="experiment rows", disable=not (self.progress and is_global_zero()), file=sys.stderr)
         for i in bar:
             t0 = time.perf_counter()
             row = self.run_row(*rows[i])
             out.append(row)
-            _summary(i, len(rows), row, time.perf_counter() - t0)
+            if is_global_zero():  # under DDP every rank runs the rows; rank 0 speaks
+                _summary(i, len(rows), row, time.perf_counter() - t0)
         return out
 
     def _run_parallel(self, rows, chosen: list[int]) -> list[dict[str, Any]]:
@@ -233,7 +279,13 @@ class Runner:
                    disable=not self.progress, file=sys.stderr)
         # defended rows (usually the longest) start first, so the workers tend to finish together
         order = sorted(chosen, key=lambda i: (rows[i][2] is None, rows[i][1] is None))
-        pool = mp.get_context("spawn").Pool(min(self.cfg.jobs, len(chosen)), maxtasksperchild=1)
+        ctx = mp.get_context("spawn")
+        jobs = min(self.cfg.jobs, len(chosen))
+        slots = ctx.Queue()  # worker slot i trains on GPU i mod N (distributed.worker_gpu)
+        for slot in range(jobs):
+            slots.put(slot)
+        pool = ctx.Pool(jobs, initializer=init_worker, initargs=(slots, torch.cuda.device_count()),
+                        maxtasksperchild=1)
         try:
             tasks = [(self.cfg, str(self.output), i) for i in order]
             for i, row, seconds in pool.imap_unordered(_row_task, tasks):
@@ -253,21 +305,36 @@ class Runner:
 def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
     tqdm.write(
         f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
-        f"seed={row['seed']}: CA {row['clean_accuracy']}%  ASR {row['asr']}%  ({seconds:.0f} s)",
+        f"seed={row['seed']}: CA {_pct(row['clean_accuracy'])}  ASR {_pct(row['asr'])}  ({seconds:.0f} s)",
         file=sys.stderr,
     )
 
 
+def _uses_ddp(t: TrainerConfig) -> bool:
+    """Whether a row trains over several processes: a ddp strategy, or several devices."""
+    d = t.devices
+    several = (len(d) > 1 if isinstance(d, (list, tuple)) else
+               str(d).strip() == "-1" or (str(d).strip().isdigit() and int(str(d)) > 1))
+    return "ddp" in str(t.strategy) or several
+
+
+def _pct(value: Optional[float]) -> str:
+    """A percentage for the console: "n/a" where the row has none (ASR of a clean row)."""
+    return "n/a" if value is None else f"{value}%"
+
+
 def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
-    """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads."""
+    """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads,
+    GPU ``slot mod N`` when the machine has N GPUs."""
     cfg, output, index = task
     quiet_lightning()
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ..." once per row is noise
     torch.set_num_threads(int(cfg.threads or 1))
-    runner = Runner(cfg, Path(output), progress=False)
-    t0 = time.perf_counter()
-    row = runner.run_row(*runner.rows()[index])
+    with gpu_slot():
+        runner = Runner(cfg, Path(output), progress=False)
+        t0 = time.perf_counter()
+        row = runner.run_row(*runner.rows()[index])
     return index, row, time.perf_counter() - t0
 
 
@@ -296,6 +363,8 @@ def experiment_main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     runner = Runner(cfg, output, progress=not ns.no_progress)
     rows = runner.run(ns.only)
+    if not is_global_zero():  # DDP: the other ranks trained with rank 0; rank 0 alone reports
+        return 0
     paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
     print(paths["table"])
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")

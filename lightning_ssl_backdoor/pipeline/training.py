@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning_ssl_backdoor._lightning import pl
-from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
+import torch
+from lightning_ssl_backdoor._lightning import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning_ssl_backdoor._lightning import TensorBoardLogger
 from safetensors.torch import load_file, save
 from torch import nn
@@ -17,10 +18,31 @@ from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write, atomic_write_json
 from lightning_ssl_backdoor.defenses.base import DefenseContext, TrainedModel
 from lightning_ssl_backdoor.errors import ArtifactError
+from lightning_ssl_backdoor.pipeline.distributed import launcher_num_nodes
 from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
 from lightning_ssl_backdoor.ssl import SSLModule, resolve_algorithm
 
-__all__ = ["MetricHistory", "evaluate_model", "load_trained", "resolve_algorithm", "train_row"]
+__all__ = ["MetricHistory", "SSLProgressBar", "evaluate_model", "load_trained", "resolve_algorithm", "train_row"]
+
+
+#: the progress bar of a row redraws every this many steps (each redraw reads the shown values:
+#: a host-device synchronisation on a GPU)
+PROGRESS_REFRESH_STEPS = 20
+
+
+class SSLProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn every ``refresh_rate`` steps, showing the module's
+    ``bar_values`` (loss, mask rate) read only when it redraws: values logged with
+    ``prog_bar=True`` would instead be turned into Python numbers after every step (a host-device
+    synchronisation per step on a GPU; ``benchmarks/step_overhead.py`` counts them)."""
+
+    reads_module_values = True
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        out = super().get_metrics(trainer, pl_module)
+        for k, v in getattr(pl_module, "bar_values", {}).items():
+            out[k] = f"{v.item():.3g}" if torch.is_tensor(v) else v
+        return out
 
 
 class MetricHistory(Callback):
@@ -61,13 +83,15 @@ def train_row(
     enable_progress_bar: bool = True,
     extra_callbacks: Optional[list[Callback]] = None,
     save_model: bool = False,
+    tensorboard: Optional[tuple[Path, str]] = None,
 ) -> dict[str, Any]:
     """Fit ``algorithm`` on ``split`` in ``workdir`` (resuming from ``last.ckpt``), then test.
 
     Returns the test metrics of the last model (never selected on the test set), the validation
     history over steps and the wall-clock seconds. ``workdir/metrics.json`` marks completion. With
     ``save_model`` the final weights (raw and EMA) are kept in ``workdir/model.safetensors`` (the
-    result's ``model_path``) for :func:`load_trained`.
+    result's ``model_path``) for :func:`load_trained`. ``tensorboard``: (folder, run name) of the
+    TensorBoard run (default ``workdir/tb``); the learning rate is logged there (``lr-SGD``).
     """
     done = workdir / "metrics.json"
     if done.is_file():
@@ -84,17 +108,20 @@ def train_row(
         save_top_k=0,
         every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
     )
+    tb_dir, tb_name = tensorboard or (workdir, "tb")
     trainer = pl.Trainer(
         max_steps=trainer_cfg.max_steps,
         val_check_interval=trainer_cfg.val_check_interval,
         check_val_every_n_epoch=None,
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
+        num_nodes=launcher_num_nodes(),
         strategy=trainer_cfg.strategy,
         precision=trainer_cfg.precision,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
-        logger=TensorBoardLogger(str(workdir), name="tb", version=0),
-        callbacks=[checkpoint, history] + list(extra_callbacks or []),
+        logger=TensorBoardLogger(str(tb_dir), name=tb_name, version="" if tensorboard else 0),
+        callbacks=[checkpoint, history, LearningRateMonitor("step")] + list(extra_callbacks or [])
+        + ([SSLProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)] if enable_progress_bar else []),
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,

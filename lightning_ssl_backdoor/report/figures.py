@@ -1,11 +1,10 @@
 """Report figures (matplotlib, Agg): CA/ASR bars per row, CA and ASR over training steps,
-per-target ASR, and a grid of clean vs triggered vs poisoned examples. Every file is written
-atomically (temporary file, then rename)."""
+per-target ASR, and a grid of clean vs triggered vs poisoned examples. Each figure is written as a
+PNG (``DPI`` dots per inch) and as a PDF beside it (vector, for papers); every file atomically
+(temporary file, then rename) with the usual permissions (0666 less the umask)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,20 +14,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from lightning_ssl_backdoor.data.artifacts import atomic_write  # noqa: E402
 from lightning_ssl_backdoor.report.summary import summarize  # noqa: E402
+
+DPI = 200
 
 
 def save_figure(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Save ``fig`` as ``path`` (PNG at ``DPI``) and as the PDF beside it; return the PNG's path."""
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+            atomic_write(target, lambda fh, fmt=fmt: fig.savefig(fh, format=fmt, dpi=DPI, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -62,10 +60,13 @@ def bars(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def curves(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    """CA and ASR over training steps, and (where an attack has triggered poisons) the hijack share:
+    triggered poisons pseudo-labelled as the target above the mask threshold (step 0 included)."""
     rows = [r for r in rows if r.get("history")]
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    hijack = any("backdoor/hijack" in p for r in rows for p in r["history"])
+    fig, axes = plt.subplots(1, 3 if hijack else 2, figsize=(16 if hijack else 11, 3.8))
     for r in rows:
         h = r["history"]
         suffix = "_ema" if r.get("evaluated_weights") == "ema" else ""
@@ -74,8 +75,15 @@ def curves(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
         axes[0].plot(steps, [100 * p.get("acc" + suffix, float("nan")) for p in h], marker=".", label=lab)
         if any(("asr" + suffix) in p for p in h):
             axes[1].plot(steps, [100 * p.get("asr" + suffix, float("nan")) for p in h], marker=".", label=lab)
+        if hijack and any("backdoor/hijack" in p for p in h):
+            start = next((p["backdoor/hijack_step0"] for p in h if "backdoor/hijack_step0" in p), None)
+            xs = ([0] if start is not None else []) + steps
+            ys = ([start] if start is not None else []) + [p.get("backdoor/hijack", float("nan")) for p in h]
+            axes[2].plot(xs, [100 * y for y in ys], marker=".", label=lab)
     axes[0].set_title("Clean accuracy over training steps")
     axes[1].set_title("Attack success rate over training steps")
+    if hijack:
+        axes[2].set_title("Triggered poisons hijacked (target, above tau)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.set_ylabel("%")

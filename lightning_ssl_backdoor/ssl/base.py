@@ -146,6 +146,8 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         self.target_image: Optional[int] = None
         self.has_trigger = False
         self._eval_metrics: Optional[nn.ModuleDict] = None
+        #: the last step's values shown in the progress bar (detached tensors, read when it redraws)
+        self.bar_values: dict[str, Any] = {}
         self.register_buffer("_poison_mask", torch.zeros(0, dtype=torch.bool), persistent=False)
         # [poisoned seen, poisoned -> target, poisoned masked in, clean seen, clean -> target, clean masked in]
         self.register_buffer("_bd_counts", torch.zeros(6, dtype=torch.float64), persistent=False)
@@ -274,10 +276,21 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
                 continue
             if torch.is_tensor(v) and v.numel() != 1:
                 continue
-            self.log(f"train/{k}", v.detach() if torch.is_tensor(v) else v, batch_size=bs,
-                     prog_bar=k in ("loss", "mask_rate"))
+            value = v.detach() if torch.is_tensor(v) else v
+            shown = k in ("loss", "mask_rate")
+            self.log(f"train/{k}", value, batch_size=bs, prog_bar=shown and self._lightning_bar_shows_values())
+            if shown:
+                self.bar_values[f"train/{k}"] = value
         self._log_backdoor_stats(out, batch.get("unlabeled"))
         return out["loss"]
+
+    def _lightning_bar_shows_values(self) -> bool:
+        """Whether to hand the bar's values to Lightning's progress bar (``prog_bar=True``), which
+        turns them into Python numbers after every step: a host-device synchronisation per step on a
+        GPU. Not when there is no bar, nor when the bar reads :attr:`bar_values` itself when it
+        redraws (``reads_module_values``, the bar of ``ssl-backdoor experiment``)."""
+        bar = self._trainer.progress_bar_callback if self._trainer is not None else None
+        return bar is not None and not getattr(bar, "reads_module_values", False)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then update the EMA weights (before any checkpoint of this step is written)."""
@@ -290,8 +303,9 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         if self.ema_model is None:
             return
         d = self.ema_decay_now()
-        for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            pe.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        ema = list(self.ema_model.parameters())  # one fused (foreach) kernel per op, not one per tensor
+        torch._foreach_mul_(ema, d)
+        torch._foreach_add_(ema, [p.detach() for p in self.model.parameters()], alpha=1.0 - d)
         for be, b in zip(self.ema_model.buffers(), self.model.buffers()):
             be.copy_(b)
 

@@ -10,8 +10,11 @@ Positions are given on a ``reference_size`` grid (32, CTRL's CIFAR setting) and 
 likewise with ``W``), so (15, 15) and (31, 31) stay the mid and the highest frequency on any size:
 (7, 7) and (15, 15) on 16x16, (3, 3) and (7, 7) on 8x8.
 
-One-channel images have no chroma: the trigger then works on the single channel itself (no colour
-conversion), at the same coefficients.
+Grey (1-channel) images have no chroma, so there the trigger perturbs the luma: the single
+channel *is* Y, and ``magnitude`` goes on its DCT at the same coefficients (whatever
+``yuv_channels`` says). This departs from CTRL on purpose: a grey image stored as three identical
+RGB channels and bumped in U and V turns colourful, and colour alone then separates every poison
+from every clean grey image, a shortcut no natural image offers.
 
 All transforms run in float64 and are exact inverses, so before clipping the DCT of the result
 differs from the DCT of the input only at the chosen coefficients of the chosen channels.
@@ -76,6 +79,9 @@ def scale_position(p: int, size: int, reference_size: int) -> int:
 
 @register_trigger
 class FrequencyTrigger(Trigger):
+    """CTRL's trigger: ``magnitude`` on the DCT of U and V (RGB images) or of the luma Y, the only
+    channel of a grey image (1-channel images), at the same coefficients (module docstring)."""
+
     name = "frequency"
 
     def __init__(
@@ -124,7 +130,7 @@ class FrequencyTrigger(Trigger):
         if C == 3:
             z, chans = rgb_to_yuv(z), self.yuv_channels
         elif C == 1:
-            chans = [0]
+            chans = [0]  # grey: the channel is the luma Y; perturb its DCT (module docstring)
         else:
             raise ConfigError(f"the frequency trigger needs 1- or 3-channel images, got {C} channels.")
         Z = dct2(z)

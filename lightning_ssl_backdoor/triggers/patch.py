@@ -12,6 +12,11 @@ Factories for the patches the papers use:
 
 Patterns are images, so they are rounded to the 1/255 grid when built: a pasted patch lands exactly
 on uint8 values and a perturbation bound ``eps`` measured after quantisation stays exact.
+
+Grey (1-channel) images: a colour pattern (``"rgb"``, DeNeB's random pattern) is drawn in colour
+from the same seed and pasted as its luma (ITU-R BT.601: ``0.299 R + 0.587 G + 0.114 B``), rounded
+to the 1/255 grid, so the grey trigger is the grey rendering of the RGB one; a 3-channel pattern
+built for RGB images and applied to grey ones is converted the same way.
 """
 
 from __future__ import annotations
@@ -100,13 +105,22 @@ class PatchTrigger(Trigger):
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        p = match_channels(self.pattern.to(device=x.device, dtype=x.dtype), x.shape[1])
+        p = self.pattern.to(device=x.device, dtype=x.dtype)
+        if p.shape[0] != x.shape[1]:
+            p = on_grid(match_channels(p, x.shape[1]))  # colour on grey: the luma, on the uint8 grid
         h, w = p.shape[1:]
         out = x.clone()
         for corner in self.corners:
             top, left = self._origin(corner, H, W)
             out[:, :, top : top + h, left : left + w] = p
         return out
+
+
+def grey_if(pattern: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``[3, h, w]`` colour pattern as it goes on ``channels``-channel images: itself for RGB, its
+    luma rounded to the 1/255 grid for grey ones."""
+    pattern = on_grid(pattern)  # as the RGB trigger stores it, so both paste the same grey patch
+    return on_grid(match_channels(pattern, 1)) if channels == 1 else pattern
 
 
 def _pattern(size: int, color: str, channels: int, generator: torch.Generator) -> torch.Tensor:
@@ -117,7 +131,7 @@ def _pattern(size: int, color: str, channels: int, generator: torch.Generator) -
     if color == "gray":
         return torch.rand(1, size, size, generator=generator)
     if color == "rgb":
-        return torch.rand(channels, size, size, generator=generator)
+        return grey_if(torch.rand(3, size, size, generator=generator), channels)
     if color == "checkerboard":
         r = torch.arange(size)
         return ((r.view(-1, 1) + r.view(1, -1)) % 2 == 0).float().unsqueeze(0)
@@ -135,13 +149,14 @@ def badnets_patch(
     """BadNets square of ``size`` x ``size`` pixels at ``corner`` (``margin`` px from the border).
 
     ``color``: "white" / "black" (constant), "gray" (seeded random gray level per pixel, same on
-    every channel), "rgb" (seeded random colour per pixel and channel: DBD's "random-colour" patch),
-    "checkerboard" (alternating 0/1).
+    every channel), "rgb" (seeded random colour per pixel and channel: DBD's "random-colour" patch;
+    on grey images, ``channels=1``, the luma of the same colour pattern), "checkerboard"
+    (alternating 0/1).
     """
     if int(size) != size or size < 1:
         raise ConfigError(f"patch size must be a positive integer, got {size!r}.")
     g = torch.Generator().manual_seed(int(seed))
-    pattern = _pattern(int(size), str(color), 1 if channels == 1 else 3, g)
+    pattern = _pattern(int(size), str(color), int(channels), g)
     return PatchTrigger(pattern, corners=[corner], margin=margin, style=f"badnets-{color}")
 
 
@@ -163,12 +178,14 @@ def deneb_patch(
 ) -> PatchTrigger:
     """Yan et al.'s trigger: a seeded random ``base x base`` pattern (uniform in [0, 1] per pixel and
     channel) resized bilinearly to ``size x size`` and pasted bottom-right with ``margin`` px, i.e.
-    rows and columns ``H - size - margin .. H - margin - 1`` (their code: ``H-8-5 .. H-5-1``)."""
+    rows and columns ``H - size - margin .. H - margin - 1`` (their code: ``H-8-5 .. H-5-1``).
+
+    The pattern is always drawn in colour; for grey images (``channels=1``) it is stored as its luma
+    (rounded to the 1/255 grid), the same trigger rendered in grey."""
     g = torch.Generator().manual_seed(int(seed))
-    c = 1 if channels == 1 else 3
-    small = torch.rand(1, c, int(base), int(base), generator=g)
+    small = torch.rand(1, 3, int(base), int(base), generator=g)
     big = F.interpolate(small, size=(int(size), int(size)), mode="bilinear", align_corners=False)[0]
-    return PatchTrigger(big, corners=["bottom_right"], margin=margin, style="deneb")
+    return PatchTrigger(grey_if(big, int(channels)), corners=["bottom_right"], margin=margin, style="deneb")
 
 
 def patch_from_config(

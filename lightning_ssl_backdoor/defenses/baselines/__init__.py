@@ -1,19 +1,23 @@
-"""The papers' baseline defenses, one short file each (issue 15).
+"""The papers' baseline defenses, one short file each (issue 15), each a registered ``defense:`` name.
 
-Each file holds a PURE core (torch, models, losses, metrics, augment only) and a thin class with a
-``name`` that only unpacks the defense context (``ctx.split.labeled``, ``ctx.split.unlabeled``,
-``ctx.seed``):
+Each file holds a PURE core (torch, models, losses, metrics, augment only) and a thin class on the
+defense interface of :mod:`lightning_ssl_backdoor.defenses.base`:
 
-- model repair, ``repair(model, ctx) -> nn.Module``: :mod:`.ft` (fine-tuning), :mod:`.fp`
-  (fine-pruning, Liu et al. 2018), :mod:`.nad` (Li et al. 2021), :mod:`.mcr` (Zhao et al. 2020),
-  :mod:`.abl` (Li et al. 2021, adapted to SSL), :mod:`.neural_cleanse` (Wang et al. 2019),
-  :mod:`.shrinkpad` (Li et al. 2021; the repaired model applies the test-time transform);
-- data-stage detectors, ``detect(model, images) -> DetectionResult``: :mod:`.spectral` (Tran et al.
+- :class:`~lightning_ssl_backdoor.defenses.base.ModelDefense` (the row's model is trained as usual,
+  then ``repair(model, ctx)`` runs on the defender's benign labeled data, ``benign`` option):
+  :mod:`.ft` (fine-tuning), :mod:`.fp` (fine-pruning, Liu et al. 2018), :mod:`.nad` (Li et al.
+  2021), :mod:`.mcr` (Zhao et al. 2020), :mod:`.abl` (Li et al. 2021, adapted to SSL),
+  :mod:`.neural_cleanse` (Wang et al. 2019), :mod:`.shrinkpad` (Li et al. 2021; the repaired model
+  applies the test-time transform to every test input);
+- :class:`~lightning_ssl_backdoor.defenses.base.DataDefense` (:class:`._detect.FeatureDetector`:
+  train on the attacked split, score the suspected pool per (pseudo-)class on penultimate features,
+  report AUROC / precision / recall, retrain on what is kept): :mod:`.spectral` (Tran et al.
   2018), :mod:`.activation_clustering` (Chen et al. 2019);
-- training plug-in: :mod:`.dpsgd` (Abadi et al. 2016), per-sample clipping + noise via ``torch.func``.
+- :mod:`.dpsgd` (Abadi et al. 2016): a classifier trained from scratch with DP-SGD on the labeled
+  set (per-sample clipping + noise via ``torch.func``); not yet a plug-in into the SSL step.
 
-``BASELINES`` maps each ``defense:`` name to its class (registration with the runner's defense
-registry is done where the ``ModelDefense`` base lives).
+Importing this package registers every class with ``register_defense``; ``BASELINES`` maps each
+name to its class.
 """
 
 from lightning_ssl_backdoor.defenses.baselines.abl import AntiBackdoorLearning, abl_isolate, abl_unlearn, lga_loss

@@ -22,6 +22,7 @@ from lightning_ssl_backdoor.errors import ConfigError
 __all__ = [
     "as_float",
     "check_images_labels",
+    "check_benign",
     "check_positive",
     "capture",
     "context_labeled",
@@ -30,7 +31,9 @@ __all__ = [
     "make_generator",
     "predict_logits",
     "penultimate_features",
+    "report",
     "sgd_train",
+    "to_defense_device",
 ]
 
 
@@ -197,10 +200,57 @@ def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def context_labeled(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images uint8, labels)`` of the defender's clean labeled set from a defense context."""
+#: where a model repair takes the defender's benign data from (``benign`` option of every repair)
+BENIGN_SOURCES = ("labeled", "unpoisoned_labeled")
+
+
+def check_benign(benign: str) -> str:
+    if benign not in BENIGN_SOURCES:
+        raise ConfigError(f"benign must be one of {list(BENIGN_SOURCES)}, got {benign!r}.")
+    return benign
+
+
+def context_labeled(ctx: Any, benign: str = "labeled") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images uint8, labels)`` of the defender's benign labeled data from a defense context.
+
+    ``benign = "labeled"``: the whole labeled set (trusted: the SSL threat model, where the poisons
+    hide among the unlabeled images). ``"unpoisoned_labeled"``: the labeled images outside the
+    ground-truth poison mask, which emulates the supervised baselines' assumption that the defender
+    holds a benign subset of the training data (DBD (003) App. B.3: 5% benign samples) when the
+    attack relabels labeled images (BadNets / Blended / WaNet); an oracle choice, so the repair
+    records it in ``ctx.info``. With ``"labeled"`` and a poisoned labeled set, the number of poisons
+    the repair trains on is recorded too.
+    """
     labeled = ctx.split.labeled
+    mask = getattr(ctx.split, "labeled_poison_mask", None)
+    mask = torch.zeros(len(labeled), dtype=torch.bool) if mask is None else mask.cpu().bool()
+    info = getattr(ctx, "info", None)
+    if check_benign(benign) == "unpoisoned_labeled":
+        keep = torch.nonzero(~mask).flatten()
+        if keep.numel() == 0:
+            raise ConfigError("every labeled image is poisoned; there is no benign data to repair with.")
+        if isinstance(info, dict):
+            info.update(benign_data="unpoisoned_labeled (oracle)", benign_images=int(keep.numel()))
+        return labeled.images[keep], labeled.labels[keep]
+    if isinstance(info, dict):
+        info.update(benign_data="labeled", benign_images=len(labeled), benign_poisons=int(mask.sum()))
     return labeled.images, labeled.labels
+
+
+def to_defense_device(model: nn.Module, ctx: Any) -> nn.Module:
+    """``model`` on the GPU when the row trains on one (``trainer.accelerator`` gpu / cuda / auto)."""
+    trainer = getattr(ctx, "trainer", None)
+    acc = str(getattr(trainer, "accelerator", "cpu")).lower()
+    if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return model.to("cuda")
+    return model
+
+
+def report(ctx: Any, info: dict) -> None:
+    """Merge a repair's diagnostics into ``ctx.info`` (the row's ``defense_info``)."""
+    target = getattr(ctx, "info", None)
+    if isinstance(target, dict):
+        target.update(info)
 
 
 def context_unlabeled(ctx: Any) -> torch.Tensor:

@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
     as_float,
+    check_benign,
     check_images_labels,
     check_positive,
     clone,
@@ -38,6 +41,7 @@ from lightning_ssl_backdoor.defenses.baselines._common import (
     context_unlabeled,
     make_generator,
     predict_logits,
+    report,
     sgd_train,
 )
 from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
@@ -106,23 +110,30 @@ def abl_unlearn(
                      loss_fn=loss_fn, cosine=False)
 
 
-class AntiBackdoorLearning:
+@register_defense
+class AntiBackdoorLearning(ModelDefense):
     """``defense: abl``: isolate the most confident unlabeled images, then unlearn them (Eq. 5)."""
 
     name = "abl"
 
     def __init__(self, isolation_ratio: float = 0.01, lr: float = 5e-4, unlearn_epochs: float = 5,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, benign: str = "labeled") -> None:
         check_positive(isolation_ratio=isolation_ratio, lr=lr, unlearn_epochs=unlearn_epochs, batch_size=batch_size)
+        self.benign = check_benign(benign)
         self.ratio, self.lr, self.epochs, self.batch_size = float(isolation_ratio), float(lr), unlearn_epochs, int(batch_size)
         self.info: dict[str, Any] = {}
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:
-        images, labels = context_labeled(ctx)
+        model = to_defense_device(model, ctx)
+        images, labels = context_labeled(ctx, self.benign)
         pool = context_unlabeled(ctx)
         losses, pseudo = isolation_losses(model, pool)
         isolated = abl_isolate(losses, self.ratio)
         self.info = {"isolated": int(isolated.sum()), "max_isolated_loss": float(losses[isolated].max())}
+        mask = getattr(ctx.split, "unlabeled_poison_mask", None)
+        if mask is not None and mask.numel() == isolated.numel():
+            self.info["isolated_poisons"] = int((mask.cpu().bool() & isolated).sum())
+        report(ctx, self.info)
         steps = epochs_to_steps(self.epochs, len(labels), self.batch_size)
         return abl_unlearn(model, images, labels, pool[isolated], pseudo[isolated], steps, self.lr, self.batch_size,
                            torch.Generator().manual_seed(context_seed(ctx)))

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.base import register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import penultimate_features, predict_logits
+from lightning_ssl_backdoor.defenses.baselines._detect import FeatureDetector
 from lightning_ssl_backdoor.defenses.detector import DetectionResult
 from lightning_ssl_backdoor.errors import ConfigError
 
@@ -85,15 +87,22 @@ def activation_clustering_scores(
     return torch.as_tensor(scores, dtype=torch.float32), keep, {"relative_sizes": sizes}
 
 
-class ActivationClustering:
-    """``defense: activation_clustering``: per pseudo-class ICA + 2-means on the unlabeled features."""
+@register_defense
+class ActivationClustering(FeatureDetector):
+    """``defense: activation_clustering``: per (pseudo-)class ICA + 2-means on the suspected pool's
+    features, drop the flagged clusters, retrain (the data-stage shape of
+    :class:`~._detect.FeatureDetector`: ``pool``, ``feature_steps``, ``use_ema``)."""
 
     name = "activation_clustering"
 
-    def __init__(self, dims: int = 10, size_threshold: float = 0.35) -> None:
+    def __init__(self, dims: int = 10, size_threshold: float = 0.35, pool: str = "auto",
+                 feature_steps: Optional[int] = None, use_ema: bool = True) -> None:
         if int(dims) < 1:
             raise ConfigError(f"dims must be a positive integer, got {dims}.")
+        if not 0.0 < float(size_threshold) < 0.5:
+            raise ConfigError(f"size_threshold must lie in (0, 0.5), got {size_threshold}.")
         self.dims, self.size_threshold = int(dims), float(size_threshold)
+        self._detector_options(pool, feature_steps, use_ema)
 
     def detect(self, model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                seed: int = 0) -> DetectionResult:
@@ -102,10 +111,3 @@ class ActivationClustering:
             penultimate_features(model, images), labels, self.dims, self.size_threshold, seed
         )
         return DetectionResult(scores, keep, info)
-
-    def filter(self, split: Any, ctx: Any, model: Optional[nn.Module] = None) -> DetectionResult:
-        """Detection on ``split.unlabeled`` with the model trained on the attacked split (``ctx.model``)."""
-        model = model if model is not None else getattr(ctx, "model", None)
-        if model is None:
-            raise ConfigError("activation clustering needs the model trained on the attacked split; pass `model`.")
-        return self.detect(model, split.unlabeled.images, seed=int(getattr(ctx, "seed", 0) or 0))

@@ -22,6 +22,8 @@ sampling, which matters only for the privacy accounting).
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,7 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from lightning_ssl_backdoor.data.artifacts import atomic_write_json
+from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
     as_float,
     check_images_labels,
     check_positive,
@@ -37,7 +42,9 @@ from lightning_ssl_backdoor.defenses.baselines._common import (
     eval_mode,
     make_generator,
 )
+from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models import build_model
 
 __all__ = ["DPSGD", "clip_and_noise", "dp_sgd_step", "dp_sgd_train", "per_sample_gradients"]
 
@@ -120,23 +127,71 @@ def dp_sgd_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     return model.eval()
 
 
-class DPSGD:
-    """``defense: dpsgd``: a training plug-in; ``fit`` trains a model with DP-SGD on given data.
+@register_defense
+class DPSGD(Defense):
+    """``defense: dpsgd``: a classifier trained from scratch with DP-SGD on the labeled set alone.
 
-    Wiring into the SSL algorithms' optimiser step (ARCHITECTURE.md: "per-sample clipping + noise
-    mixed into the algorithm's optimiser step") uses :func:`dp_sgd_step` with the algorithm's
-    per-sample loss.
+    NOT a plug-in into the SSL algorithms' optimiser step (which ARCHITECTURE.md sketches and
+    :func:`dp_sgd_step` allows, with the algorithm's per-sample loss): per-sample clipping of
+    FixMatch's / MixMatch's coupled labeled + pseudo-labelled losses is not wired yet. This row is
+    DBD's supervised DP-SGD baseline: the row's architecture (``model_args``: ``arch``,
+    ``model_kwargs``; ``init_weights`` is ignored), seeded with the row's seed, trained
+    ``epochs`` passes (default 100, ours; ``steps`` overrides) over ``ctx.split.labeled`` (poisons
+    included: clipping and noise are the defense) with :func:`dp_sgd_train`, then evaluated by the
+    runner. The unlabeled set is not used, so on SSL splits with few labels the clean accuracy
+    drops: the table shows what DP-SGD costs. Cached in ``stage_dir/dpsgd.json``.
     """
 
     name = "dpsgd"
 
     def __init__(self, max_norm: float = 1.0, noise_multiplier: float = 0.5, lr: float = 0.1,
-                 batch_size: int = 64) -> None:
-        check_positive(max_norm=max_norm, lr=lr, batch_size=batch_size)
+                 batch_size: int = 64, epochs: float = 100, steps: Optional[int] = None, momentum: float = 0.9) -> None:
+        check_positive(max_norm=max_norm, lr=lr, batch_size=batch_size, epochs=epochs)
         if noise_multiplier < 0:
             raise ConfigError(f"noise_multiplier must be >= 0, got {noise_multiplier}.")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ConfigError(f"dpsgd steps must be a positive integer or null, got {steps!r}.")
         self.max_norm, self.noise_multiplier, self.lr, self.batch_size = float(max_norm), float(noise_multiplier), float(lr), int(batch_size)
+        self.epochs, self.steps, self.momentum = float(epochs), steps, float(momentum)
 
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int = 0) -> nn.Module:
         return dp_sgd_train(model, images, labels, steps, self.lr, self.batch_size, self.max_norm,
-                            self.noise_multiplier, generator=torch.Generator().manual_seed(int(seed)))
+                            self.noise_multiplier, momentum=self.momentum,
+                            generator=torch.Generator().manual_seed(int(seed)))
+
+    def fresh_model(self, ctx: DefenseContext) -> nn.Module:
+        """The row's architecture, randomly initialised from the row's seed."""
+        args = ctx.model_args or {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(ctx.seed))
+            model = build_model(args.get("arch", "wrn28_2"), num_classes=ctx.split.num_classes,
+                                in_channels=int(ctx.split.labeled.images.shape[1]), **(args.get("model_kwargs") or {}))
+        return to_defense_device(model, ctx)
+
+    def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        done = ctx.stage_dir / "dpsgd.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        images, labels = ctx.split.labeled.images, ctx.split.labeled.labels
+        steps = self.steps or epochs_to_steps(self.epochs, len(labels), self.batch_size)
+        t0 = time.perf_counter()
+        model = self.fit(self.fresh_model(ctx), images, labels, steps, ctx.seed)
+        seconds = time.perf_counter() - t0
+        res = {
+            "test": ctx.evaluate(model),
+            "history": [],
+            "fit_seconds": seconds,
+            "steps": int(steps),
+            "has_ema": False,
+            "defense_info": {
+                **ctx.info,
+                "trained_on": "labeled set only (from scratch)",
+                "num_images": int(len(labels)),
+                "max_norm": self.max_norm,
+                "noise_multiplier": self.noise_multiplier,
+                "privacy_accounting": None,
+                "per_sample_gradients": "torch.func (vmap + grad), not Opacus",
+            },
+        }
+        atomic_write_json(done, res)
+        return res

@@ -25,9 +25,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
     as_float,
     capture,
+    check_benign,
     check_images_labels,
     check_positive,
     clone,
@@ -37,6 +40,7 @@ from lightning_ssl_backdoor.defenses.baselines._common import (
     feature_map_module,
     make_generator,
     penultimate_features,
+    report,
     sgd_train,
 )
 from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
@@ -127,21 +131,25 @@ def fine_prune(
     return model, {"pruned_channels": k, "num_channels": d, "pruned": order[:k].tolist()}
 
 
-class FinePruning:
-    """``defense: fp``: ``repair(model, ctx)`` fine-prunes on ``ctx.split.labeled``."""
+@register_defense
+class FinePruning(ModelDefense):
+    """``defense: fp``: ``repair(model, ctx)`` fine-prunes on the defender's benign labeled data."""
 
     name = "fp"
 
     def __init__(self, prune_ratio: Optional[float] = None, max_accuracy_drop: float = 0.04, lr: float = 0.01,
-                 epochs: float = 10, batch_size: int = 64) -> None:
+                 epochs: float = 10, batch_size: int = 64, benign: str = "labeled") -> None:
         check_positive(lr=lr, epochs=epochs, batch_size=batch_size)
+        self.benign = check_benign(benign)
         self.prune_ratio, self.max_accuracy_drop = prune_ratio, float(max_accuracy_drop)
         self.lr, self.epochs, self.batch_size = float(lr), float(epochs), int(batch_size)
         self.info: dict[str, Any] = {}
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:
-        images, labels = context_labeled(ctx)
+        model = to_defense_device(model, ctx)
+        images, labels = context_labeled(ctx, self.benign)
         steps = epochs_to_steps(self.epochs, len(labels), self.batch_size)
         repaired, self.info = fine_prune(model, images, labels, self.prune_ratio, self.max_accuracy_drop, steps,
                                          self.lr, self.batch_size, torch.Generator().manual_seed(context_seed(ctx)))
+        report(ctx, self.info)
         return repaired

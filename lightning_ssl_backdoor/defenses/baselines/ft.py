@@ -18,7 +18,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
+    check_benign,
     check_images_labels,
     check_positive,
     clone,
@@ -55,19 +58,23 @@ def fine_tune(
     )
 
 
-class FineTuning:
-    """``defense: ft``: ``repair(model, ctx)`` fine-tunes on ``ctx.split.labeled``."""
+@register_defense
+class FineTuning(ModelDefense):
+    """``defense: ft``: ``repair(model, ctx)`` fine-tunes on the defender's benign labeled data
+    (``benign``: see :func:`~._common.context_labeled`)."""
 
     name = "ft"
 
     def __init__(self, lr: float = 0.01, epochs: float = 10, batch_size: int = 64, weight_decay: float = 5e-4,
-                 augment: bool = True) -> None:
+                 augment: bool = True, benign: str = "labeled") -> None:
         check_positive(lr=lr, epochs=epochs, batch_size=batch_size)
+        self.benign = check_benign(benign)
         self.lr, self.epochs, self.batch_size = float(lr), float(epochs), int(batch_size)
         self.weight_decay, self.augment = float(weight_decay), bool(augment)
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:
-        images, labels = context_labeled(ctx)
+        model = to_defense_device(model, ctx)
+        images, labels = context_labeled(ctx, self.benign)
         steps = epochs_to_steps(self.epochs, len(labels), self.batch_size)
         return fine_tune(model, images, labels, steps, self.lr, self.batch_size, self.weight_decay,
                          self.augment, torch.Generator().manual_seed(context_seed(ctx)))

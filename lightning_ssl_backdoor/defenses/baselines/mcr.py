@@ -23,8 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
     as_float,
+    check_benign,
     check_images_labels,
     check_positive,
     clone,
@@ -108,18 +111,21 @@ def mcr_repair(
     return recompute_batchnorm(repaired, images)
 
 
-class ModeConnectivityRepair:
-    """``defense: mcr``: ``repair(model, ctx)`` trains a curve on ``ctx.split.labeled``."""
+@register_defense
+class ModeConnectivityRepair(ModelDefense):
+    """``defense: mcr``: ``repair(model, ctx)`` trains a curve on the defender's benign labeled data."""
 
     name = "mcr"
 
     def __init__(self, t: float = 0.4, lr: float = 0.01, epochs: float = 10, endpoint_epochs: float = 10,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, benign: str = "labeled") -> None:
         check_positive(lr=lr, epochs=epochs, endpoint_epochs=endpoint_epochs, batch_size=batch_size)
+        self.benign = check_benign(benign)
         self.t, self.lr, self.epochs, self.endpoint_epochs, self.batch_size = float(t), float(lr), epochs, endpoint_epochs, int(batch_size)
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:
-        images, labels = context_labeled(ctx)
+        model = to_defense_device(model, ctx)
+        images, labels = context_labeled(ctx, self.benign)
         n = len(labels)
         return mcr_repair(
             model, images, labels, None, self.t, epochs_to_steps(self.epochs, n, self.batch_size),

@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
     capture,
+    check_benign,
     check_images_labels,
     check_positive,
     clone,
@@ -100,19 +103,23 @@ def nad_distill(
     return student
 
 
-class NeuralAttentionDistillation:
-    """``defense: nad``: ``repair(model, ctx)`` distils on ``ctx.split.labeled``."""
+@register_defense
+class NeuralAttentionDistillation(ModelDefense):
+    """``defense: nad``: ``repair(model, ctx)`` distils on the defender's benign labeled data."""
 
     name = "nad"
 
     def __init__(self, beta: float | Sequence[float] = 5000.0, p: float = 2.0, layers: Optional[Sequence[str]] = None,
-                 lr: float = 0.01, teacher_epochs: float = 10, epochs: float = 10, batch_size: int = 64) -> None:
+                 lr: float = 0.01, teacher_epochs: float = 10, epochs: float = 10, batch_size: int = 64,
+                 benign: str = "labeled") -> None:
         check_positive(p=p, lr=lr, teacher_epochs=teacher_epochs, epochs=epochs, batch_size=batch_size)
+        self.benign = check_benign(benign)
         self.beta, self.p, self.layers = beta, float(p), list(layers) if layers else None
         self.lr, self.teacher_epochs, self.epochs, self.batch_size = float(lr), teacher_epochs, epochs, int(batch_size)
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:
-        images, labels = context_labeled(ctx)
+        model = to_defense_device(model, ctx)
+        images, labels = context_labeled(ctx, self.benign)
         n = len(labels)
         return nad_distill(
             model, images, labels, None, self.beta, self.p, self.layers,

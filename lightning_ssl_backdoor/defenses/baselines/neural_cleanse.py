@@ -25,14 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
+    to_defense_device,
     as_float,
+    check_benign,
     check_images_labels,
     check_positive,
     clone,
     context_labeled,
     context_seed,
     make_generator,
+    report,
     sgd_train,
 )
 from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
@@ -166,13 +170,16 @@ def neural_cleanse(
     return repaired, info
 
 
-class NeuralCleanse:
-    """``defense: neural_cleanse``: reverse, detect and unlearn on ``ctx.split.labeled``."""
+@register_defense
+class NeuralCleanse(ModelDefense):
+    """``defense: neural_cleanse``: reverse, detect and unlearn on the defender's benign labeled data."""
 
     name = "neural_cleanse"
 
     def __init__(self, reverse_steps: int = 300, unlearn_epochs: float = 1, unlearn_lr: float = 0.01,
-                 stamp_fraction: float = 0.2, threshold: float = 2.0, batch_size: int = 64) -> None:
+                 stamp_fraction: float = 0.2, threshold: float = 2.0, batch_size: int = 64,
+                 benign: str = "labeled") -> None:
+        self.benign = check_benign(benign)
         check_positive(reverse_steps=reverse_steps, unlearn_epochs=unlearn_epochs, unlearn_lr=unlearn_lr,
                        threshold=threshold, batch_size=batch_size)
         self.reverse_steps, self.unlearn_epochs, self.unlearn_lr = int(reverse_steps), unlearn_epochs, float(unlearn_lr)
@@ -180,10 +187,12 @@ class NeuralCleanse:
         self.info: dict[str, Any] = {}
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:
-        images, labels = context_labeled(ctx)
+        model = to_defense_device(model, ctx)
+        images, labels = context_labeled(ctx, self.benign)
         repaired, self.info = neural_cleanse(
             model, images, labels, ctx.split.num_classes, self.reverse_steps,
             epochs_to_steps(self.unlearn_epochs, len(labels), self.batch_size), self.unlearn_lr,
             self.stamp_fraction, self.threshold, self.batch_size, torch.Generator().manual_seed(context_seed(ctx)),
         )
+        report(ctx, self.info)
         return repaired

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = ["ShrinkPad", "ShrinkPadModel", "ShrinkPadTransform", "shrink_pad"]
@@ -83,8 +84,12 @@ class ShrinkPadModel(nn.Module):
         return self.model(self.transform(x))
 
 
-class ShrinkPad:
-    """``defense: shrinkpad``: ``repair(model, ctx)`` returns the model behind the test-time transform."""
+@register_defense
+class ShrinkPad(ModelDefense):
+    """``defense: shrinkpad``: ``repair(model, ctx)`` returns the model behind the test-time transform.
+
+    The row's model is trained as usual; the runner's evaluation then sends every test input (clean
+    and triggered) through :class:`ShrinkPadModel`, i.e. through the transform first."""
 
     name = "shrinkpad"
 

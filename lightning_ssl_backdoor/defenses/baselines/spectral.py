@@ -11,7 +11,11 @@ retrain on the rest. DBD (003) App. L: per-class removal of 1.5 epsilon, epsilon
 trained model's pseudo-labels (argmax), as ARCHITECTURE.md says ("per (pseudo-)class on penultimate
 features"). Default ``epsilon = 0.01`` (a fraction of the scored set). The scores are the paper's
 ``tau`` (only comparable within a class: the paper ranks per class); ``relative = True`` divides
-them by their class mean.
+them by their class mean (same removal). The AUROC ``defense: spectral`` reports is over the whole
+pool with the raw ``tau``: a heavily poisoned class has the largest top singular value, so its
+poisons outrank every other class's outliers (dividing by the class mean would not: with a poison
+fraction ``p`` the poisons' relative score is only ``(1 - p) / p``). Poison-label attacks: the
+labeled pool is scored per given label (``pool: auto``; see :mod:`._detect`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lightning_ssl_backdoor.defenses.baselines._common import (
-    check_positive,
-    context_unlabeled,
-    penultimate_features,
-    predict_logits,
-)
+from lightning_ssl_backdoor.defenses.base import register_defense
+from lightning_ssl_backdoor.defenses.baselines._common import check_positive, penultimate_features, predict_logits
+from lightning_ssl_backdoor.defenses.baselines._detect import FeatureDetector
 from lightning_ssl_backdoor.defenses.detector import DetectionResult
 from lightning_ssl_backdoor.errors import ConfigError
 
@@ -74,25 +75,26 @@ def spectral_keep_mask(scores: torch.Tensor, labels: torch.Tensor, epsilon: floa
     return keep
 
 
-class SpectralSignatures:
-    """``defense: spectral``: score the unlabeled set per pseudo-class, drop ``1.5 epsilon`` per class."""
+@register_defense
+class SpectralSignatures(FeatureDetector):
+    """``defense: spectral``: score the suspected pool per (pseudo-)class, drop ``1.5 epsilon`` per class,
+    retrain (the data-stage shape of :class:`~._detect.FeatureDetector`: ``pool``, ``feature_steps``,
+    ``use_ema``)."""
 
     name = "spectral"
 
-    def __init__(self, epsilon: float = 0.01, relative: bool = False) -> None:
+    def __init__(self, epsilon: float = 0.01, relative: bool = False, pool: str = "auto",
+                 feature_steps: Optional[int] = None, use_ema: bool = True) -> None:
         check_positive(epsilon=epsilon)
+        if not float(epsilon) < 1.0:
+            raise ConfigError(f"epsilon (the assumed poison fraction) must lie in (0, 1), got {epsilon}.")
         self.epsilon, self.relative = float(epsilon), bool(relative)
+        self._detector_options(pool, feature_steps, use_ema)
 
-    def detect(self, model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> DetectionResult:
+    def detect(self, model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
+               seed: int = 0) -> DetectionResult:
         """Scores and keep mask of ``images`` (pseudo-labels from ``model`` when ``labels`` is None)."""
         labels = predict_logits(model, images).argmax(1) if labels is None else labels
         scores = spectral_scores(penultimate_features(model, images), labels, relative=self.relative)
         keep = spectral_keep_mask(scores, labels, self.epsilon)
-        return DetectionResult(scores, keep, {"epsilon": self.epsilon, "classes": torch.unique(labels).tolist()})
-
-    def filter(self, split: Any, ctx: Any, model: Optional[nn.Module] = None) -> DetectionResult:
-        """Detection on ``split.unlabeled`` with the model trained on the attacked split (``ctx.model``)."""
-        model = model if model is not None else getattr(ctx, "model", None)
-        if model is None:
-            raise ConfigError("spectral signatures need the model trained on the attacked split; pass `model`.")
-        return self.detect(model, split.unlabeled.images if split is not None else context_unlabeled(ctx))
+        return DetectionResult(scores, keep, {"epsilon": self.epsilon, "scored_classes": torch.unique(labels).tolist()})

@@ -1,0 +1,109 @@
+"""``ssl-backdoor report merge DIR... --output DIR``: one report from the shards of a grid.
+
+A grid split over jobs with ``--only`` (one SLURM array task per slice of rows, say) leaves one
+report folder per shard. The merge reads each shard's ``results.json``, checks that every shard ran
+the same experiment config, puts the rows back in the grid's order (the order a single
+``ssl-backdoor experiment`` run writes them in), and writes the report (tables, figures) exactly as
+the whole grid's run would; the attack example grids are copied from the shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning_ssl_backdoor import __version__
+from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.pipeline.build import config_from_dict
+from lightning_ssl_backdoor.pipeline.experiment import Runner
+from lightning_ssl_backdoor.report.tables import write_report
+
+# config fields that say how a run was executed, not what it computed
+RUN_ONLY_FIELDS = ("output", "jobs", "threads")
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder} holds no results.json; give report folders written by `ssl-backdoor experiment`.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg}); re-run that shard.") from None
+
+
+def _row_key(row: dict[str, Any]) -> tuple:
+    return row["algorithm"], row["attack"], row["defense"], row["seed"]
+
+
+def grid_order(config: dict[str, Any]) -> list[tuple]:
+    """The keys (algorithm, attack, defense, seed) of the grid's rows, in the order of a full run."""
+    runner = Runner(config_from_dict(config), Path("."), progress=False)  # only its row list is used
+    return [
+        (a.display, None if t is None else t.display, None if d is None else d.display, s)
+        for a, t, d, s in runner.rows()
+    ]
+
+
+def merge_shards(folders: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], float, list[tuple]]:
+    """The merged rows (grid order), the shards' common config, their summed elapsed seconds and the
+    keys of the grid's rows that no shard holds."""
+    if not folders:
+        raise ConfigError("report merge needs at least one shard folder.")
+    shards = [_load(Path(f)) for f in folders]
+    common = {k: v for k, v in shards[0]["config"].items() if k not in RUN_ONLY_FIELDS}
+    for folder, shard in zip(folders[1:], shards[1:]):
+        other = {k: v for k, v in shard["config"].items() if k not in RUN_ONLY_FIELDS}
+        if other != common:
+            diff = sorted(k for k in set(common) | set(other) if common.get(k) != other.get(k))
+            raise ConfigError(f"{folder} ran another config than {folders[0]} (differs in {diff}); "
+                              "merge only shards of one experiment.")
+    order = grid_order(shards[0]["config"])
+    position = {key: i for i, key in enumerate(order)}
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for folder, shard in zip(folders, shards):
+        for row in shard["rows"]:
+            key = _row_key(row)
+            if key not in position:
+                raise ConfigError(f"{folder}: row {key} is not in the grid of its config; the shard is corrupt.")
+            by_key.setdefault(key, row)  # a row run by two shards: same cache key, same numbers
+    rows = [by_key[k] for k in sorted(by_key, key=position.__getitem__)]
+    missing = [k for k in order if k not in by_key]
+    elapsed = sum(float(s.get("elapsed_seconds") or 0.0) for s in shards)
+    return rows, shards[0]["config"], elapsed, missing
+
+
+def merge_main(folders: list[str], output: str) -> dict[str, Any]:
+    dirs = [Path(f) for f in folders]
+    rows, config, elapsed, missing = merge_shards(dirs)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in dirs:  # the attack example grids are drawn by the shard that ran the attack
+        for pattern in ("examples_*.png", "examples_*.pdf"):
+            for fig in d.glob(pattern):
+                if not (out / fig.name).exists() and d.resolve() != out.resolve():
+                    shutil.copyfile(fig, out / fig.name)
+    cfg = config_from_dict(config)
+    paths = write_report(rows, cfg, out, elapsed=elapsed, version=__version__)
+    print(paths["table"])
+    if missing:
+        print(f"\n{len(missing)} of {len(rows) + len(missing)} grid rows are in no shard yet: "
+              + "; ".join(" / ".join(str(x) for x in k) for k in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    print(f"\nreport: {paths['md']}  (merged from {len(dirs)} shards)")
+    return paths
+
+
+def report_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ssl-backdoor report", description="Work with experiment reports.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    m = sub.add_parser("merge", help="merge the report folders of --only shards into one report",
+                       description="Merge the results.json of shards of one grid (run with --only) into "
+                                   "the report a single run of the whole grid writes.")
+    m.add_argument("folders", nargs="+", metavar="DIR", help="report folders of the shards")
+    m.add_argument("--output", required=True, metavar="DIR", help="folder of the merged report")
+    ns: Optional[argparse.Namespace] = parser.parse_args(argv)
+    merge_main(ns.folders, ns.output)
+    return 0

@@ -1,0 +1,123 @@
+"""Report outputs of `ssl-backdoor experiment`: LaTeX table, PNG (>= 150 dpi) + PDF figures with
+the usual permissions, TensorBoard runs named by row with the learning rate, one meaning of the
+``seeds`` column, "n/a" for a clean row's ASR; and `report merge` of --only shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_ssl_backdoor.cli import main
+
+GRID = {
+    "name": "grid",
+    "seeds": [0],
+    "data": {"dataset": "digits", "image_size": 8, "labels_per_class": 3, "batch_size": 8, "mu": 1,
+             "eval_batch_size": 500},
+    "model": {"arch": "tiny_cnn", "weak_pad": 1, "model_kwargs": {"width": 8}, "ema_decay": None},
+    "trainer": {"max_steps": 2, "val_check_interval": 2, "checkpoint_every_n_steps": 2, "accelerator": "cpu",
+                "log_every_n_steps": 1},
+    "algorithms": [{"name": "supervised", "label": "sup_A"}],
+    "attacks": [None, {"name": "badnets", "init_args": {"target": 1, "budget": 3}}],
+}
+TIMING = ("fit_seconds",)
+
+
+def _run(tmp_path: Path, out: Path, *extra: str) -> int:
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump(GRID))
+    return main(["experiment", "-c", str(cfg), "--output", str(out), "--no_progress", "true", *extra])
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("whole")
+    old = os.umask(0o022)
+    try:
+        assert _run(tmp, tmp / "run") == 0
+    finally:
+        os.umask(old)
+    return tmp / "run"
+
+
+def test_latex_table_pdf_figures_and_permissions(whole):
+    tex = (whole / "results.tex").read_text()
+    for piece in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"sup\_A & badnets & none & 0 &"):
+        assert piece in tex, piece
+    from PIL import Image
+
+    for name in ("ca_asr_bars", "curves", "examples_badnets"):
+        png, pdf = whole / f"{name}.png", whole / f"{name}.pdf"
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+        assert min(Image.open(png).info["dpi"]) >= 150
+        for f in (png, pdf, whole / "results.md", whole / "results.tex"):
+            assert f.stat().st_mode & 0o777 == 0o644, f  # 0666 less the umask 022
+
+
+def test_seeds_column_has_one_meaning(whole):
+    with open(whole / "results.csv") as fh:
+        csv_seeds = [r["seeds"] for r in csv.DictReader(fh)]
+    md_rows = [line for line in (whole / "results.md").read_text().splitlines() if line.startswith("| sup_A")]
+    md_seeds = [line.split("|")[4].strip() for line in md_rows]
+    assert csv_seeds == md_seeds == ["0", "0"]
+
+
+def test_tensorboard_runs_named_by_row_with_learning_rate(whole):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted({p.relative_to(whole / "tensorboard").parent.as_posix()
+                  for p in (whole / "tensorboard").rglob("events.out.tfevents.*")})
+    assert runs == ["sup_A__badnets__no-defense/seed0", "sup_A__no-attack__no-defense/seed0"]
+    acc = EventAccumulator(str(whole / "tensorboard" / runs[0]))
+    acc.Reload()
+    lr = [t for t in acc.Tags()["scalars"] if t.startswith("lr")]
+    assert lr and len(acc.Scalars(lr[0])) == 2 and acc.Scalars(lr[0])[0].value == pytest.approx(0.03)
+
+
+def test_console_says_na_for_a_clean_rows_asr(capsys):
+    from lightning_ssl_backdoor.pipeline.experiment import _summary
+
+    _summary(0, 1, {"algorithm": "a", "attack": None, "defense": None, "seed": 0, "clean_accuracy": 50.0,
+                    "asr": None}, 1.0)
+    err = capsys.readouterr().err
+    assert "ASR n/a" in err and "None%" not in err and "CA 50.0%" in err
+
+
+def test_merged_shards_equal_the_whole_grids_report(whole, tmp_path, capsys):
+    assert _run(tmp_path, tmp_path / "b", "--only", "[1]") == 0  # shards in any order
+    assert _run(tmp_path, tmp_path / "a", "--only", "[0]") == 0
+    capsys.readouterr()
+    assert main(["report", "merge", str(tmp_path / "b"), str(tmp_path / "a"), "--output", str(tmp_path / "m")]) == 0
+    assert "merged from 2 shards" in capsys.readouterr().out
+
+    def load(folder: Path) -> dict:
+        res = json.loads((folder / "results.json").read_text())
+        res["rows"] = [{k: v for k, v in r.items() if k not in TIMING} for r in res["rows"]]
+        res["config"].pop("output")
+        return res
+
+    merged, ref = load(tmp_path / "m"), load(whole)
+    for key in ("rows", "summary", "config"):
+        assert merged[key] == ref[key], key
+    for name in ("results.csv", "results.tex"):
+        assert (tmp_path / "m" / name).read_text() == (whole / name).read_text(), name
+    table = lambda p: [line for line in p.read_text().splitlines() if line.startswith("|")]  # noqa: E731
+    assert table(tmp_path / "m" / "results.md") == table(whole / "results.md")
+    assert (tmp_path / "m" / "examples_badnets.png").is_file()
+
+
+def test_merge_refuses_shards_of_other_configs(whole, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    res = json.loads((whole / "results.json").read_text())
+    res["config"]["seeds"] = [1]
+    (other / "results.json").write_text(json.dumps(res))
+    assert main(["report", "merge", str(whole), str(other), "--output", str(tmp_path / "m")]) == 2
+    assert "another config" in capsys.readouterr().err
+    assert main(["report", "merge", str(tmp_path / "nothing"), "--output", str(tmp_path / "m")]) == 2
+    assert "no results.json" in capsys.readouterr().err
