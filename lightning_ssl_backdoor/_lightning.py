@@ -82,6 +82,7 @@ _LAZY = {
     "TensorBoardLogger": ("loggers", "TensorBoardLogger"),
     "CSVLogger": ("loggers", "CSVLogger"),
     "CheckpointIO": ("plugins", "CheckpointIO"),
+    "TorchCheckpointIO": ("plugins", "TorchCheckpointIO"),
 }
 
 
@@ -107,6 +108,7 @@ __all__ = [
     "NAMESPACE",
     "NAMESPACES",
     "TQDMProgressBar",
+    "TorchCheckpointIO",
     "TensorBoardLogger",
     "Trainer",
     "choose_namespace",

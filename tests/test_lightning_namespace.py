@@ -102,3 +102,4 @@ def test_package_uses_one_namespace():
     assert _lightning.LightningCLI.__module__ == f"{pl.__name__}.cli"
     assert issubclass(_lightning.TensorBoardLogger, pl.loggers.Logger)
     assert _lightning.CheckpointIO is pl.plugins.CheckpointIO
+    assert issubclass(_lightning.TorchCheckpointIO, pl.plugins.CheckpointIO)

@@ -167,6 +167,8 @@ def test_interface_violations_are_one_sentence():
         FixMatch(model={"class_path": "no_such_package.Net"}, num_classes=3)
     with pytest.raises(ConfigError, match="not name an nn.Module"):
         FixMatch(model={"class_path": "collections.OrderedDict"}, num_classes=3)
+    with pytest.raises(ConfigError, match="not name an nn.Module"):  # never called
+        FixMatch(model={"class_path": "os.system", "init_args": {"command": "false"}}, num_classes=3)
     with pytest.raises(ConfigError, match="does not accept init_args"):
         FixMatch(model={"class_path": f"{HERE}.TinyNet", "init_args": {"depth": 3}}, num_classes=3)
     with pytest.raises(ConfigError, match="nn.Module or a"):

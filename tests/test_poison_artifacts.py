@@ -88,12 +88,22 @@ def test_one_changed_byte_is_detected(tmp_path, split):
             load_poisoned_split(path)
     path.write_bytes(npz)
     _assert_same(ps, load_poisoned_split(path))
-    # a semantic edit (target) with a consistent-looking manifest is also caught, with one sentence
-    text = manifest.decode().replace('"target": 2', '"target": 1')
-    mpath.write_text(text)
-    with pytest.raises(ArtifactError, match="content hash"):
+    # a semantic edit (target) of the manifest inside the archive is also caught, with one sentence
+    import zipfile
+
+    from lightning_ssl_backdoor.data.artifacts import MANIFEST_MEMBER
+
+    mpath.unlink()  # the readable copy beside the archive is optional
+    with zipfile.ZipFile(path) as z:
+        members = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            if info.filename == MANIFEST_MEMBER:
+                data = data.replace(b'"target": 2', b'"target": 1')
+            z.writestr(info, data)
+    with pytest.raises(ArtifactError, match="content hash|was modified"):
         load_poisoned_split(path)
-    mpath.unlink()
+    np.savez(path, x=np.zeros(1))  # an array file without its manifest
     with pytest.raises(ArtifactError, match="incomplete"):
         load_poisoned_split(path)
 

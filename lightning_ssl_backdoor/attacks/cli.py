@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lightning_ssl_backdoor.attacks.io import artifact_meta, save_poisoned_split
 from lightning_ssl_backdoor.attacks.registry import build_attack_from_spec
@@ -52,7 +52,7 @@ from lightning_ssl_backdoor.attacks.surrogate import accuracy, load_surrogate, s
 from lightning_ssl_backdoor.data.artifacts import sha256_file
 from lightning_ssl_backdoor.data.readers import load_dataset
 from lightning_ssl_backdoor.data.split import make_split
-from lightning_ssl_backdoor.errors import ConfigError, SSLBackdoorError
+from lightning_ssl_backdoor.errors import ConfigError
 
 
 @dataclass
@@ -160,8 +160,7 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
         _log(f"{out} already holds this config (hash {key}); nothing to do")
         return out
     root = Path(work_dir) if work_dir else out.parent / f".{out.stem}.work"
-    work = root / key
-    work.mkdir(parents=True, exist_ok=True)
+    work = root / key  # created only when something is saved in it (no empty folder on failure)
     # the surrogate depends only on the data and its own settings: shared by every attack config
     sur_ckpt = root / f"surrogate_{_hash({'data': run['data'], 'surrogate': sur})}.safetensors"
     t0 = time.time()
@@ -183,26 +182,24 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
 
 
 def poison_main(argv: list[str]) -> int:
-    """Entry point of ``ssl-backdoor poison``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Entry point of ``ssl-backdoor poison``; returns the exit code (0 ok, 2 bad input, 1 fault at
+    run time, 130 interrupted): errors become one sentence through ``error_boundary.guarded``."""
+    from lightning_ssl_backdoor.error_boundary import guarded
+
+    return guarded("poison", lambda: _poison(argv))
+
+
+def _poison(argv: list[str]) -> int:
+    from lightning_ssl_backdoor.io_lock import locked_output
+
     parser = make_parser()
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         return 0
-    try:
-        cfg = parser.parse_args(list(argv))
-    except (ArgumentError, SystemExit) as e:  # jsonargparse reports bad configs either way
-        msg = str(e) if isinstance(e, ArgumentError) else "invalid arguments"
-        print(f"error: {msg.splitlines()[0] if msg else 'invalid arguments'}", file=sys.stderr)
-        return 2
-    try:
-        data = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**dict(cfg.data))
-        sur = cfg.surrogate if isinstance(cfg.surrogate, SurrogateConfig) else SurrogateConfig(**dict(cfg.surrogate))
-        attack = dict(cfg.attack) if cfg.attack is not None else {}
+    cfg = parser.parse_args(list(argv))
+    data = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**dict(cfg.data))
+    sur = cfg.surrogate if isinstance(cfg.surrogate, SurrogateConfig) else SurrogateConfig(**dict(cfg.surrogate))
+    attack = dict(cfg.attack) if cfg.attack is not None else {}
+    with locked_output(Path(cfg.output) if str(cfg.output or '').endswith('.npz') else None):
         run_poison(data, attack, sur, cfg.output, cfg.work_dir, bool(cfg.progress))
-    except SSLBackdoorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the checkpoints.", file=sys.stderr)
-        return 130
     return 0

@@ -5,9 +5,9 @@ source indices, poison masks, the trigger's pattern arrays and manifest, the att
 per-poison metadata arrays, the target and the seed. Arrays are stored with ``save_arrays`` (no
 pickles; a sha256 per array) and loaded with ``allow_pickle=False``.
 
-Tamper evidence: the manifest records a sha256 of its own content (meta + the per-array hash
-table), the npz file's sha256 is checked, and the manifest text must equal its canonical JSON
-form; so changing any byte of the archive or of the manifest raises ``ArtifactError``.
+Tamper evidence: the manifest (inside the archive) records a sha256 of its own content (meta + the
+per-array hash table) and of every archive byte before it, and its text must equal its canonical
+JSON form; so changing any byte of the archive or of the manifest raises ``ArtifactError``.
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ import numpy as np
 import torch
 
 from lightning_ssl_backdoor.data.artifacts import (
-    MANIFEST_SUFFIX,
     _json_default,
     load_arrays,
+    read_manifest,
     save_arrays,
     sha256_array,
-    sha256_file,
 )
 from lightning_ssl_backdoor.data.imageset import ImageSet
 from lightning_ssl_backdoor.data.split import PoisonedSplit
-from lightning_ssl_backdoor.errors import ArtifactError, ConfigError
+from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, malformed
 from lightning_ssl_backdoor.triggers import trigger_from_manifest
 
 FORMAT = "lightning_ssl_backdoor.poisoned_split"
@@ -91,30 +90,15 @@ def save_poisoned_split(path: str | Path, split: PoisonedSplit) -> Path:
     return save_arrays(path, arrays, meta)
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
-
-
 def _verify(path: Path) -> Dict[str, Any]:
-    mpath = path.with_suffix(MANIFEST_SUFFIX)
-    if not path.is_file() or not mpath.is_file():
-        raise ArtifactError(f"artifact {path} is incomplete: both {path.name} and {mpath.name} must exist.")
-    raw = mpath.read_bytes()
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ArtifactError(f"manifest {mpath} is not valid JSON; the artifact is corrupted, regenerate it.") from None
-    if not isinstance(manifest, dict) or _canonical(manifest).encode() != raw:
-        raise ArtifactError(f"manifest {mpath} was modified after it was written; regenerate the artifact.")
-    if manifest.get("file_sha256") != sha256_file(path):
-        raise ArtifactError(f"{path} does not match the file sha256 in its manifest; the archive was modified.")
+    manifest = read_manifest(path)  # the manifest inside the archive, checked against its bytes
     meta = manifest.get("meta", {})
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a PoisonedSplit artifact (format {meta.get('format')!r}).")
     claimed = meta.get("content_sha256")
     rest = {k: v for k, v in meta.items() if k != "content_sha256"}
     if claimed != _content_hash(rest, manifest.get("arrays", {})):
-        raise ArtifactError(f"manifest {mpath} does not match its content hash; it was modified after saving.")
+        raise ArtifactError(f"the manifest of {path} does not match its content hash; it was modified after saving.")
     return meta
 
 
@@ -123,6 +107,13 @@ def load_poisoned_split(path: str | Path) -> PoisonedSplit:
     path = Path(path)
     _verify(path)
     arrays, meta = load_arrays(path)
+    with malformed(path, "PoisonedSplit artifact"):
+        return _build(arrays, meta)
+
+
+def _build(arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> PoisonedSplit:
+    from lightning_ssl_backdoor.triggers import trigger_from_manifest
+
     t = {k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in arrays.items()}
 
     def imageset(name: str) -> ImageSet:

@@ -5,7 +5,6 @@ Used by the ``poison`` command (:mod:`lightning_ssl_backdoor.attacks.cli`) and t
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Dict, Type
 
 from lightning_ssl_backdoor.attacks.base import Attack
@@ -21,6 +20,7 @@ from lightning_ssl_backdoor.attacks.interpolation import InterpolationAttack
 from lightning_ssl_backdoor.attacks.narcissus import NarcissusAttack
 from lightning_ssl_backdoor.attacks.poison_label import BadNetsAttack, BlendedAttack, LabelConsistentAttack, WaNetAttack
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.names import resolve
 
 __all__ = ["ALIASES", "ATTACKS", "attack_class", "build_attack", "build_attack_from_spec"]
 
@@ -75,15 +75,9 @@ def build_attack_from_spec(spec: Dict[str, Any], progress: bool = True):
         kwargs = dict(spec.pop("init_args", {}) or {})
         if spec:
             raise ConfigError(f"attack with class_path takes only init_args, got extra keys {sorted(spec)}.")
-        if "." in path:
-            mod, _, cls_name = path.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(mod), cls_name)
-            except (ImportError, AttributeError):
-                raise ConfigError(f"attack class_path '{path}' cannot be imported; check the module and class name.") from None
-            if not (isinstance(cls, type) and issubclass(cls, Attack)):
-                raise ConfigError(f"attack class_path '{path}' is not an Attack subclass.")
-            name = cls.name
+        if "." in path:  # only a registered attack class, never an arbitrary import (see names.py)
+            name = resolve(path, {f"{c.__module__}.{c.__qualname__}": c for c in ATTACKS.values()},
+                           "attack class_path", Attack).name
         else:
             name = attack_class(path).name
     else:

@@ -25,7 +25,7 @@ from lightning_ssl_backdoor.attacks.adversarial import predict
 from lightning_ssl_backdoor.augment import WeakAugment
 from lightning_ssl_backdoor.data.artifacts import atomic_write
 from lightning_ssl_backdoor.data.imageset import ImageSet
-from lightning_ssl_backdoor.errors import ArtifactError, ConfigError
+from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, malformed
 from lightning_ssl_backdoor.models import resolve_model
 
 SURROGATE_FORMAT = "lightning_ssl_backdoor.surrogate"
@@ -151,16 +151,18 @@ def load_surrogate(path: str | Path, device: Optional[str] = None, model: Any = 
         raise ArtifactError(f"{path} is not a readable safetensors checkpoint ({e}).") from None
     if meta.get("format") != SURROGATE_FORMAT:
         raise ArtifactError(f"{path} is not a surrogate checkpoint written by save_surrogate.")
-    cfg = json.loads(meta["config"])
+    with malformed(path, "surrogate checkpoint"):  # e.g. no 'config' entry in its metadata
+        cfg = json.loads(meta["config"])
+        num_classes, in_channels = int(cfg["num_classes"]), int(cfg["in_channels"])
+        arch, model_kwargs = cfg.get("arch"), dict(cfg.get("model_kwargs", {}))
     spec = model if model is not None else cfg.get("model")
     if isinstance(spec, str):
         raise ArtifactError(f"{path} holds the weights of your own model ({spec}): pass that model, load_surrogate(path, model=...).")
     if spec is None:
-        what = cfg.get("arch")
+        what = arch
     else:
         what = type(spec).__name__ if isinstance(spec, torch.nn.Module) else spec.get("class_path")
-    model = _build(cfg.get("arch"), int(cfg["num_classes"]), int(cfg["in_channels"]),
-                   dict(cfg.get("model_kwargs", {})) if spec is None else {}, spec)
+    model = _build(arch, num_classes, in_channels, model_kwargs if spec is None else {}, spec)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -79,6 +79,9 @@ class SSLDataModule(pl.LightningDataModule):
             labels_per_class = None
         if batch_size < 1 or mu < 0 or eval_batch_size < 1:
             raise ConfigError("batch_size and eval_batch_size must be >= 1 and mu >= 0.")
+        from lightning_ssl_backdoor.data.readers_common import check_image_size
+
+        check_image_size(image_size)
         self.save_hyperparameters(ignore=["split"])
         self.dataset, self.root, self.image_size = dataset, root, int(image_size)
         self.channels = channels
@@ -103,7 +106,14 @@ class SSLDataModule(pl.LightningDataModule):
         if self.poisoned_split is not None:
             from lightning_ssl_backdoor.attacks.io import load_poisoned_split
 
-            return load_poisoned_split(self.poisoned_split)
+            split = load_poisoned_split(self.poisoned_split)
+            side = int(split.test.images.shape[-1])
+            if side != self.image_size:  # one rule: the artifact's pixels are never resized silently
+                raise ConfigError(
+                    f"poisoned_split {self.poisoned_split} holds {side}x{side} images but data.image_size is "
+                    f"{self.image_size}; set --data.image_size {side} or regenerate the artifact at {self.image_size} px."
+                )
+            return split
         from lightning_ssl_backdoor.data.readers import load_dataset
 
         opts = dict(root=self.root, image_size=self.image_size, channels=self.channels,

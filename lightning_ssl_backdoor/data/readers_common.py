@@ -37,12 +37,24 @@ def check_split(split: str, allowed: Sequence[str], dataset: str) -> str:
     return value
 
 
+#: Largest accepted side length. The data sets and models here work at 8-96 px (digits 8, CIFAR 32,
+#: STL-10 96); image folders may hold ImageNet-like 224-512 px images. 1024 px is already 3 MB per
+#: uint8 RGB image (150 GB for CIFAR-10's 50,000 images), so a larger value is a typo (100000 would
+#: ask for 30 GB per image) and is refused before anything is allocated.
+MAX_IMAGE_SIZE = 1024
+
+
 def check_image_size(image_size: Optional[int]) -> Optional[int]:
-    """``None`` or a positive int; a ConfigError for anything else."""
+    """``None`` or an int in 1..MAX_IMAGE_SIZE; a ConfigError for anything else."""
     if image_size is None:
         return None
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ConfigError(f"image_size must be a positive integer or None, got {image_size!r}.")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"image_size {image_size} is larger than {MAX_IMAGE_SIZE} px (3 MB per image already); "
+            f"give the side length the model should see, e.g. 32 for CIFAR-10."
+        )
     return int(image_size)
 
 

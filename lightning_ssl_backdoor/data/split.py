@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 
 from lightning_ssl_backdoor.data.imageset import ImageSet
-from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.errors import ConfigError, DataFormatError
 
 
 @dataclass
@@ -120,6 +120,13 @@ def make_split(
     c = train.num_classes
     if c == 0:
         raise ConfigError("the training set has no class names; cannot make a class-balanced split.")
+    if test.classes and list(test.classes) != list(train.classes):
+        # label k must mean the same class in training and test (image folders: the same
+        # class sub-folder names under train/ and test/)
+        raise DataFormatError(
+            f"the test set's classes {list(test.classes)} differ from the training set's {list(train.classes)}; "
+            "give both splits the same class names (for image folders, the same sub-folders)."
+        )
     counts = _per_class_counts(num_labeled, labels_per_class, c)
     g = torch.Generator().manual_seed(int(seed))
     labels = train.labels

@@ -21,6 +21,7 @@ def experiment_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="ssl-backdoor experiment",
         description="Run attack -> defense -> SSL training -> evaluation and write the report.",
+        exit_on_error=False,  # errors reach the command line's error boundary (one sentence)
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="experiment YAML")
     parser.add_class_arguments(ExperimentConfig, None, fail_untyped=False)
@@ -57,5 +58,7 @@ def component_spec(x: Any) -> Spec:
         return Spec(name=x)
     if isinstance(x, dict):
         x = {k: v for k, v in x.items() if k != "class_path"}
+        if not isinstance(x.get("name"), str):
+            raise ConfigError(f"component {x!r} needs a name; write {{name: ..., init_args: {{...}}}}.")
         return Spec(name=x["name"], init_args=dict(x.get("init_args") or {}), label=x.get("label"))
     raise ConfigError(f"cannot read {x!r} as a component; write a name or {{name: ..., init_args: {{...}}}}.")

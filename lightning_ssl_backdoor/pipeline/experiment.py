@@ -28,12 +28,15 @@ from lightning_ssl_backdoor.data.readers import load_dataset
 from lightning_ssl_backdoor.data.subset import subset_split
 from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.io_lock import locked_output
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
 from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
 from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
+from lightning_ssl_backdoor.pipeline.checks import check_experiment
 from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, TrainerConfig, config_hash
 from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
+from lightning_ssl_backdoor.pipeline.results_merge import grid_keys, merge_rows
 from lightning_ssl_backdoor.pipeline.training import train_row
 from lightning_ssl_backdoor.report.figures import example_grid
 from lightning_ssl_backdoor.report.tables import write_report
@@ -83,6 +86,7 @@ class Runner:
 
     def __init__(self, cfg: ExperimentConfig, output: Path, progress: bool = True) -> None:
         cfg.validate()
+        check_experiment(cfg)
         self.cfg, self.output, self.progress = cfg, output, progress
         self.cache = output / "cache"
         self._splits: dict[int, SSLSplit] = {}
@@ -361,11 +365,14 @@ def experiment_main(argv: list[str]) -> int:
         torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output or Path("runs") / cfg.name)
     t0 = time.perf_counter()
-    runner = Runner(cfg, output, progress=not ns.no_progress)
-    rows = runner.run(ns.only)
-    if not is_global_zero():  # DDP: the other ranks trained with rank 0; rank 0 alone reports
-        return 0
-    paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
+    zero = is_global_zero()  # DDP: the other ranks train with rank 0; rank 0 alone locks and reports
+    with locked_output(output if zero else None):  # one run per output folder
+        runner = Runner(cfg, output, progress=not ns.no_progress)
+        rows = runner.run(ns.only)
+        if not zero:
+            return 0
+        rows = merge_rows(output, cfg, grid_keys(runner.rows()), rows)
+        paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
     print(paths["table"])
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")
     return 0

@@ -9,11 +9,12 @@ from typing import Any, Optional
 
 from lightning_ssl_backdoor._lightning import pl
 import torch
-from lightning_ssl_backdoor._lightning import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning_ssl_backdoor._lightning import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning_ssl_backdoor._lightning import TensorBoardLogger
 from safetensors.torch import load_file, save
 from torch import nn
 
+from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, ValidatedCheckpoint, fit_resumable
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write, atomic_write_json
 from lightning_ssl_backdoor.defenses.base import DefenseContext, TrainedModel
@@ -101,7 +102,7 @@ def train_row(
     module = _build_module(dm, algorithm, model_args)
     ckpt_dir = workdir / "checkpoints"
     history = MetricHistory(workdir / "history.json")
-    checkpoint = ModelCheckpoint(
+    checkpoint = ValidatedCheckpoint(  # at a validation step, saved after the validation
         dirpath=ckpt_dir,
         filename="step{step}",
         save_last=True,
@@ -126,10 +127,10 @@ def train_row(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(workdir),
+        plugins=[AtomicCheckpointIO()],
     )
-    last = ckpt_dir / "last.ckpt"
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    fit_resumable(trainer, module, dm, ckpt_dir)  # resumes from the newest complete checkpoint
     fit_seconds = time.perf_counter() - t0
     tested = trainer.test(module, datamodule=dm, verbose=False)[0]
     metrics = {k.split("/", 1)[1]: float(v) for k, v in tested.items() if k.startswith("test/")}

@@ -5,9 +5,6 @@ iterative self-training defense of Pal et al. is a driver over several Trainers,
 LightningModule: see :mod:`lightning_ssl_backdoor.ssl.self_training`.
 """
 
-import importlib
-
-from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.ssl.base import SSLModule
 from lightning_ssl_backdoor.ssl.fixmatch import FixMatch
 from lightning_ssl_backdoor.ssl.flexmatch import FlexMatch
@@ -36,16 +33,12 @@ ALGORITHMS = {
 
 
 def resolve_algorithm(name: str) -> type[SSLModule]:
-    """An algorithm name from :data:`ALGORITHMS` or a dotted class path (``package.module.Class``)."""
-    if name in ALGORITHMS:
-        return ALGORITHMS[name]
-    if "." in name:
-        mod, _, cls = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError):
-            raise ConfigError(f"cannot import algorithm class {name!r}.") from None
-    raise ConfigError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)} or give a class path.")
+    """An algorithm name from :data:`ALGORITHMS`, or an SSLModule subclass of this package by its
+    dotted path (classes defenses derive, such as ``PurifiedFixMatch``); nothing outside the package
+    is imported because a config named it (see :mod:`lightning_ssl_backdoor.names`)."""
+    from lightning_ssl_backdoor.names import resolve
+
+    return resolve(name, ALGORITHMS, "algorithm", SSLModule)
 
 
 __all__ = [
