@@ -103,3 +103,19 @@ def test_package_uses_one_namespace():
     assert issubclass(_lightning.TensorBoardLogger, pl.loggers.Logger)
     assert _lightning.CheckpointIO is pl.plugins.CheckpointIO
     assert issubclass(_lightning.TorchCheckpointIO, pl.plugins.CheckpointIO)
+
+
+def test_every_lightning_import_goes_through_the_compat_module():
+    """A direct ``pytorch_lightning`` / ``lightning`` / ``lightning_fabric`` import anywhere in the
+    package, its tests or benchmarks would bind that file to one namespace."""
+    import re
+
+    direct = re.compile(r"^\s*(import|from)\s+(pytorch_lightning|lightning|lightning_fabric)([.\s]|$)", re.M)
+    offenders = []
+    for folder in ("lightning_ssl_backdoor", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name in ("_lightning.py", "test_lightning_namespace.py"):
+                continue
+            if direct.search(path.read_text()):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, f"import Lightning from lightning_ssl_backdoor._lightning in {offenders}"
