@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 
 from lightning_ssl_backdoor.data import SSLDataModule, make_split
@@ -129,8 +129,8 @@ def run_lightning(model_args: dict, batch: int, steps: int, warmup: int, device:
                   bare: bool, refresh: Optional[int] = None, counter: Optional[ItemCounter] = None) -> tuple[float, float]:
     """(wall, CPU) seconds per step of ``Trainer.fit`` (configured as ``train_row`` does unless ``bare``;
     ``refresh=1``: Lightning's default progress bar instead of ``train_row``'s)."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from lightning_ssl_backdoor._lightning import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from lightning_ssl_backdoor._lightning import TensorBoardLogger
 
     from lightning_ssl_backdoor.pipeline.training import PROGRESS_REFRESH_STEPS, MetricHistory, SSLProgressBar
 

@@ -25,10 +25,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from lightning_ssl_backdoor._lightning import TorchCheckpointIO
+from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
 
 from lightning_ssl_backdoor import faults
 from lightning_ssl_backdoor.errors import CheckpointError

@@ -51,7 +51,7 @@ def make_cli(argv: Optional[list[str]], run: bool = True):
     (used by tests and by code that wants the configured objects). Bad arguments raise (no
     ``sys.exit``); the trainer writes checkpoints through :class:`AtomicCheckpointIO`.
     """
-    from pytorch_lightning.cli import LightningCLI
+    from lightning_ssl_backdoor._lightning import LightningCLI
 
     from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, fit_resumable
     from lightning_ssl_backdoor.data import SSLDataModule

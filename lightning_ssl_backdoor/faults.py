@@ -35,7 +35,7 @@ def training_hooks() -> list:
     """Callbacks that reach ``train_step`` / ``validation`` (none when no crash point is set)."""
     if not os.environ.get(ENV):
         return []
-    from pytorch_lightning.callbacks import Callback
+    from lightning_ssl_backdoor._lightning import Callback
 
     class _CrashHooks(Callback):
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -32,7 +32,7 @@ def test_fit_then_test_from_yaml(tmp_path, capsys):
     base = ["-c", str(ROOT / "configs/trainer/cpu_small.yaml"), "-c", str(ROOT / "configs/data/digits.yaml"),
             "-c", str(ROOT / "configs/ssl/fixmatch_small.yaml")]
     args = base + FAST + ["--trainer.default_root_dir", str(tmp_path), "--data.mu", "1", "--data.image_size", "8",
-                          "--trainer.logger.class_path", "pytorch_lightning.loggers.TensorBoardLogger",
+                          "--trainer.logger.class_path", "TensorBoardLogger",
                           "--trainer.logger.init_args.save_dir", str(tmp_path)]
     assert main(["fit"] + args) == 0
     events = list(tmp_path.rglob("events.out.tfevents.*"))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 import yaml
 from torch import nn

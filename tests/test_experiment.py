@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pytorch_lightning.callbacks import Callback
+from lightning_ssl_backdoor._lightning import Callback
 
 import lightning_ssl_backdoor.pipeline.training as training
 from lightning_ssl_backdoor.cli import main

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 
 from lightning_ssl_backdoor.attacks import ATTACKS, build_attack

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from pytorch_lightning.callbacks import Callback
+from lightning_ssl_backdoor._lightning import Callback
 
 import lightning_ssl_backdoor.pipeline.training as training
 from lightning_ssl_backdoor import checkpoint_io, faults

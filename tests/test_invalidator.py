@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 import torch.nn.functional as F
 import yaml
@@ -285,7 +285,7 @@ def test_test_time_filter_on_triggered_images(monkeypatch, add_square):
 
 
 def test_transition_matrix_logged_as_image(tmp_path, digits_split):
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from lightning_ssl_backdoor._lightning import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     pl.seed_everything(0)

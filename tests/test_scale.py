@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import pytest
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
 
 from tests.ddp_worker import build, trainer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import pytest
 import torch
 

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 import torch.nn.functional as F
 import yaml

@@ -6,6 +6,7 @@
   ``fn(x, magnitude_per_sample)`` (also importable one by one from :mod:`.ops`).
 """
 
+from lightning_ssl_backdoor.augment.gaussian import GaussianFilter
 from lightning_ssl_backdoor.augment.ops import (
     auto_contrast,
     brightness,
@@ -35,6 +36,7 @@ from lightning_ssl_backdoor.augment.weak import WeakAugment, WeakParams
 
 __all__ = [
     "FUNCTIONS",
+    "GaussianFilter",
     "OPS",
     "StrongAugment",
     "StrongParams",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 from torch.utils.data import DataLoader
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 
 from lightning_ssl_backdoor.data import SSLSplit

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning_ssl_backdoor._lightning import Callback
 
 from lightning_ssl_backdoor.data.artifacts import save_arrays
 

@@ -13,77 +13,26 @@ Every architecture is a backbone that maps ``[B, C, H, W]`` float [0, 1] images 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, Optional, Sequence, Tuple
-
-from torch import nn
+from typing import Callable, Dict, Tuple
 
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.models.classifier import CIFAR10_MEAN, CIFAR10_STD, Classifier
+from lightning_ssl_backdoor.models.classifier import Classifier, make_classifier, resolve_stats
+from lightning_ssl_backdoor.models.resnet import resnet18
+from lightning_ssl_backdoor.models.tiny import tiny_cnn
+from lightning_ssl_backdoor.models.vgg import vgg16
+from lightning_ssl_backdoor.models.wideresnet import wide_resnet, wrn28_2, wrn28_8
 
-ARCHS: Tuple[str, ...] = ("wrn28_2", "wrn28_8", "wide_resnet", "resnet18", "vgg16", "tiny_cnn")
-
-
-def resolve_stats(
-    in_channels: int,
-    mean: Optional[Sequence[float]],
-    std: Optional[Sequence[float]],
-) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """Per-channel normalisation statistics for a model with ``in_channels`` inputs.
-
-    ``None`` means: the CIFAR-10 statistics for 3 channels, ``0.5`` / ``0.5`` per channel otherwise
-    (maps [0, 1] to [-1, 1]). A single value is broadcast to every channel.
-    """
-    if in_channels < 1:
-        raise ConfigError(f"in_channels must be a positive integer, got {in_channels}.")
-    if mean is None:
-        mean = CIFAR10_MEAN if in_channels == 3 else (0.5,) * in_channels
-    if std is None:
-        std = CIFAR10_STD if in_channels == 3 else (0.5,) * in_channels
-    mean = tuple(float(m) for m in (mean if isinstance(mean, (list, tuple)) else [mean]))
-    std = tuple(float(s) for s in (std if isinstance(std, (list, tuple)) else [std]))
-    if len(mean) == 1:
-        mean = mean * in_channels
-    if len(std) == 1:
-        std = std * in_channels
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise ConfigError(
-            f"mean and std need one value per input channel ({in_channels}), got {len(mean)} "
-            f"and {len(std)}: pass {in_channels} values or a single one."
-        )
-    if any(s <= 0 for s in std):
-        raise ConfigError(f"std values must be positive, got {std}.")
-    return mean, std
-
-
-def make_classifier(
-    backbone: nn.Module,
-    num_classes: int,
-    in_channels: int,
-    mean: Optional[Sequence[float]],
-    std: Optional[Sequence[float]],
-) -> Classifier:
-    """Wrap ``backbone`` (with a ``feature_dim`` attribute) in a ``Classifier``."""
-    if num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes}.")
-    mean_t, std_t = resolve_stats(in_channels, mean, std)
-    return Classifier(backbone, backbone.feature_dim, num_classes, mean=mean_t, std=std_t)
-
-
-def _builders() -> Dict[str, Callable[..., Classifier]]:
-    # Imported here: the architecture modules import ``make_classifier`` from this module.
-    from lightning_ssl_backdoor.models.resnet import resnet18
-    from lightning_ssl_backdoor.models.tiny import tiny_cnn
-    from lightning_ssl_backdoor.models.vgg import vgg16
-    from lightning_ssl_backdoor.models.wideresnet import wide_resnet, wrn28_2, wrn28_8
-
-    return {
-        "wrn28_2": wrn28_2,
-        "wrn28_8": wrn28_8,
-        "wide_resnet": wide_resnet,
-        "resnet18": resnet18,
-        "vgg16": vgg16,
-        "tiny_cnn": tiny_cnn,
-    }
+#: name -> builder ``(num_classes, in_channels, **options) -> Classifier``; the architecture
+#: modules know nothing of this table (they import only :mod:`.classifier`)
+BUILDERS: Dict[str, Callable[..., Classifier]] = {
+    "wrn28_2": wrn28_2,
+    "wrn28_8": wrn28_8,
+    "wide_resnet": wide_resnet,
+    "resnet18": resnet18,
+    "vgg16": vgg16,
+    "tiny_cnn": tiny_cnn,
+}
+ARCHS: Tuple[str, ...] = tuple(BUILDERS)
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> Classifier:
@@ -93,10 +42,9 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> 
     ``width`` for ``tiny_cnn``, ``mean``/``std`` for all); an unknown name or argument raises
     ``ConfigError``.
     """
-    builders = _builders()
-    if arch not in builders:
+    if arch not in BUILDERS:
         raise ConfigError(f"Unknown model architecture {arch!r}: choose one of {', '.join(ARCHS)}.")
-    builder = builders[arch]
+    builder = BUILDERS[arch]
     accepted = set(inspect.signature(builder).parameters) - {"num_classes", "in_channels"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
@@ -105,3 +53,6 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> 
             f"{', '.join(sorted(accepted))}."
         )
     return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+__all__ = ["ARCHS", "BUILDERS", "build_model", "make_classifier", "resolve_stats"]

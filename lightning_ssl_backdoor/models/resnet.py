@@ -12,8 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from lightning_ssl_backdoor.models.classifier import Classifier
-from lightning_ssl_backdoor.models.registry import make_classifier
+from lightning_ssl_backdoor.models.classifier import Classifier, make_classifier
 
 
 class _BasicBlock(nn.Module):

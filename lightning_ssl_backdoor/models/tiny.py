@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.models.classifier import Classifier
-from lightning_ssl_backdoor.models.registry import make_classifier
+from lightning_ssl_backdoor.models.classifier import Classifier, make_classifier
 
 
 def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

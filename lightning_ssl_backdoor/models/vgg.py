@@ -13,8 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from lightning_ssl_backdoor.models.classifier import Classifier
-from lightning_ssl_backdoor.models.registry import make_classifier
+from lightning_ssl_backdoor.models.classifier import Classifier, make_classifier
 
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 

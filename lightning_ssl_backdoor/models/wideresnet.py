@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.models.classifier import Classifier
-from lightning_ssl_backdoor.models.registry import make_classifier
+from lightning_ssl_backdoor.models.classifier import Classifier, make_classifier
 
 
 class _WideBasicBlock(nn.Module):
@@ -137,7 +136,7 @@ def wide_resnet(
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
 ) -> Classifier:
-    """FixMatch WideResNet classifier (``mean``/``std`` default: see ``registry.resolve_stats``).
+    """FixMatch WideResNet classifier (``mean``/``std`` default: see ``classifier.resolve_stats``).
 
     The head is initialised Xavier-normal with zero bias, as in the FixMatch reference code.
     """

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
+from lightning_ssl_backdoor._lightning import Callback, LearningRateMonitor, TQDMProgressBar
+from lightning_ssl_backdoor._lightning import TensorBoardLogger
 from safetensors.torch import load_file, save
 from torch import nn
 

@@ -1,67 +1,64 @@
 """`SSLModule`: the Lightning base every SSL algorithm builds on.
 
-The base owns what all algorithms share: the model (built by name, normalisation inside),
-device-side augmentation in ``on_after_batch_transfer``, SGD with momentum / Nesterov and weight
-decay that skips BatchNorm and bias parameters, FixMatch's cosine schedule over ``max_steps``,
-optional EMA weights, and evaluation of raw and EMA weights (clean accuracy, ASR and ASR conditioned
-on a correct clean prediction, Yan et al. Eq. 6) through torchmetrics, so it is exact under DDP.
+The base owns what all algorithms share: the model (built by name, or your own ``nn.Module``;
+normalisation inside), device-side augmentation in ``on_after_batch_transfer``, SGD with momentum /
+Nesterov and weight decay that skips BatchNorm and bias parameters, FixMatch's cosine schedule over
+``max_steps``, optional EMA weights, and evaluation of raw and EMA weights (clean accuracy, ASR and
+ASR conditioned on a correct clean prediction, Yan et al. Eq. 6) through torchmetrics, so it is
+exact under DDP.
 
 An algorithm subclass defines ``unlabeled_views`` (which augmented views of the unlabeled batch it
 needs) and :meth:`compute_losses`, and validates its own config in ``__init__``.
+
+Batch layout
+------------
+The modules read dict batches of **uint8** images (augmentation happens on the device, after the
+transfer); :class:`~lightning_ssl_backdoor.data.SSLDataModule` yields exactly these
+(:mod:`lightning_ssl_backdoor.data.streams`):
+
+- training: ``{"labeled": {"x", "y", "idx"}, "unlabeled": {"x", "idx"}}`` with
+  ``labeled.x`` uint8 ``[B, C, H, W]``, ``labeled.y`` int64 ``[B]`` (class indices),
+  ``labeled.idx`` int64 ``[B]`` (positions in the labeled set), ``unlabeled.x`` uint8
+  ``[mu B, C, H, W]`` and ``unlabeled.idx`` int64 ``[mu B]`` (positions in the unlabeled set, which
+  the backdoor statistics look up in the poison mask). ``"unlabeled"`` may be absent (``mu = 0``,
+  supervised training).
+- evaluation (validation / test): ``{"x", "y", "idx"}`` with the same dtypes, plus optionally
+  ``"x_trig"`` uint8 ``[B, C, H, W]``, the triggered copy of each image (for ASR); ``idx`` (positions
+  in the test set) is read only to find a targeted attack's image.
+
+A batch of any other form (e.g. ``(x, y)`` tuples from a plain ``TensorDataset``) is refused with a
+:class:`~lightning_ssl_backdoor.errors.DataFormatError` before it reaches the device
+(:func:`check_batch_layout`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor._lightning import pl
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models.interface import resolve_model
+from lightning_ssl_backdoor.models.weights import load_initial_weights
+from lightning_ssl_backdoor.ssl.batch import BATCH_LAYOUT, check_batch_layout
+from lightning_ssl_backdoor.ssl.evaluation import BackdoorEvaluation
 from lightning_ssl_backdoor.ssl.hijack import HijackDiagnostics
 
+__all__ = ["BATCH_LAYOUT", "SSLModule", "check_batch_layout", "load_initial_weights"]
 
-def load_initial_weights(model: nn.Module, path: str) -> None:
-    """Load ``path`` (a surrogate safetensors file or a weights-only torch state dict) into
-    ``model``, strictly: a checkpoint of another architecture or class count is refused."""
-    from pathlib import Path
-
-    from lightning_ssl_backdoor.errors import ArtifactError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ArtifactError(f"init_weights: {p} does not exist.")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(p))
-        except Exception as e:  # safetensors raises its own error types on corrupt files
-            raise ArtifactError(f"init_weights: {p} is not a readable safetensors file ({e}).") from None
-    else:
-        try:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ArtifactError(f"init_weights: {p} is not a weights-only torch state dict ({e}).") from None
-        if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint of an SSLModule
-            state = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = [line.strip() for line in str(e).splitlines()[1:2]] or [str(e)]
-        raise ArtifactError(f"init_weights: {p} does not fit this model ({detail[0]}).") from None
-
-
-class SSLModule(HijackDiagnostics, pl.LightningModule):
+class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
     """Base class. Args are shared by every algorithm.
 
     Args:
-        arch: backbone name for :func:`lightning_ssl_backdoor.models.build_model`.
+        arch: backbone name for :func:`lightning_ssl_backdoor.models.build_model` (unused when
+            ``model`` is given).
         num_classes, in_channels: linked from the data module by the CLI.
         model_kwargs: extra keyword arguments for the model builder (widths, mean/std, ...).
         lr, momentum, nesterov, weight_decay: SGD settings (FixMatch: 0.03, 0.9, True, 5e-4).
@@ -79,6 +76,14 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
             (safetensors; Yan et al.'s victim starts from the attacker's theta_0) or a torch state
             dict of the backbone, loaded with ``weights_only=True``. The EMA copy starts from them
             too. A resumed run takes its weights from the checkpoint instead.
+        model: your own model instead of ``arch``: an ``nn.Module`` following the interface of
+            :mod:`lightning_ssl_backdoor.models.interface` (``features(x) -> [B, D]``, a Linear
+            ``head``, ``num_classes``; inputs float [0, 1], normalisation inside; see
+            :func:`~lightning_ssl_backdoor.models.wrap_backbone`), used as is (not copied), or a
+            ``{"class_path": ..., "init_args": ...}`` mapping that builds one (the form to use in
+            YAML and in the experiment runner). A mapping is saved with the hyperparameters, so
+            ``load_from_checkpoint(path)`` rebuilds it; an instance is not (its weights are in the
+            state dict): pass it again, ``load_from_checkpoint(path, model=MyNet())``.
     """
 
     #: augmented views of the unlabeled batch the algorithm needs: "weak", "strong", "weak2", ...
@@ -106,8 +111,13 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
         strong_m: int = 10,
         channels_last: bool = False,
         init_weights: Optional[str] = None,
+        model: Union[Dict[str, Any], nn.Module, None] = None,
     ) -> None:
         super().__init__()
+        # an instance is not a hyperparameter (see save_hyperparameters); a class_path mapping is
+        self._model_instance: Optional[str] = (
+            f"{type(model).__module__}.{type(model).__qualname__}" if isinstance(model, nn.Module) else None
+        )
         if schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be 'cosine' or 'constant', got {schedule!r}.")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -116,9 +126,8 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
             raise ConfigError(f"lr must be positive, got {lr}.")
         self.save_hyperparameters()
         from lightning_ssl_backdoor.augment import StrongAugment, WeakAugment
-        from lightning_ssl_backdoor.models import build_model
 
-        self.model = build_model(arch, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
+        self.model = resolve_model(model, arch, num_classes, in_channels, model_kwargs)
         if init_weights:
             load_initial_weights(self.model, init_weights)
         self.ema_model: Optional[nn.Module] = None
@@ -143,6 +152,21 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
         # [poisoned seen, poisoned -> target, poisoned masked in, clean seen, clean -> target, clean masked in]
         self.register_buffer("_bd_counts", torch.zeros(6, dtype=torch.float64), persistent=False)
 
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
+        """Lightning's, except that a model *instance* given as ``model`` is stored as the string
+        ``"instance of <class>"`` (its weights are in the state dict; Lightning would otherwise
+        pickle the module into the checkpoint's hyperparameters). A class_path mapping is kept."""
+        if frame is None:
+            frame = inspect.currentframe().f_back  # the caller's __init__, as Lightning would take
+        instance = getattr(self, "_model_instance", None)
+        if instance is not None:
+            ignore = ([ignore] if isinstance(ignore, str) else list(ignore or [])) + ["model"]
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        if instance is not None and not args:
+            marker = f"instance of {instance}"
+            self._hparams["model"] = marker
+            self._hparams_initial["model"] = marker
+
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self._fmt(x))
@@ -157,6 +181,14 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
         return list(torch.split(logits, [len(x) for x in xs]))
 
     # ------------------------------------------------------- augmentation
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Refuse, in one sentence, a batch that is not in the layout of the module docstring (a
+        module that names its own ``datamodule_class``, such as DBD's fine-tuning, reads that data
+        module's layout instead and checks it itself)."""
+        if getattr(self, "datamodule_class", None) is None:
+            check_batch_layout(batch)
+        return batch
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 -> float [0, 1]; build the augmented views the algorithm asked for (training only)."""
         if "labeled" not in batch:  # evaluation batch
@@ -260,33 +292,6 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
         bar = self._trainer.progress_bar_callback if self._trainer is not None else None
         return bar is not None and not getattr(bar, "reads_module_values", False)
 
-    def _log_backdoor_stats(self, out: dict, unlabeled: Optional[dict]) -> None:
-        """Accumulate, for poisoned and clean unlabeled samples, how many were seen, pseudo-labelled
-        as the target, and passed the confidence mask; logged as shares at each validation."""
-        if unlabeled is None or "u_pseudo" not in out or self.target is None or self._poison_mask.numel() == 0:
-            return
-        poisoned = self._poison_mask[unlabeled["idx"]]
-        pseudo = out["u_pseudo"]
-        mask = out.get("u_mask", torch.ones_like(pseudo, dtype=torch.bool))
-        is_target = pseudo == self.target
-        counts = torch.stack([
-            poisoned.sum(), (is_target & poisoned).sum(), (mask & poisoned).sum(),
-            (~poisoned).sum(), (is_target & ~poisoned).sum(), (mask & ~poisoned).sum(),
-        ]).to(self._bd_counts)
-        self._bd_counts += counts
-
-    def _flush_backdoor_stats(self) -> None:
-        counts = self._bd_counts
-        if self.trainer is not None and self.trainer.world_size > 1:
-            counts = self.all_gather(counts).reshape(-1, 6).sum(0)
-        if counts.sum() == 0:
-            return
-        for name, (n, tgt, msk) in (("poisoned", counts[:3]), ("clean", counts[3:])):
-            if n > 0:
-                self.log(f"backdoor/{name}_pseudo_target", tgt / n, sync_dist=False, rank_zero_only=False)
-                self.log(f"backdoor/{name}_mask_rate", msk / n, sync_dist=False, rank_zero_only=False)
-        self._bd_counts.zero_()
-
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then update the EMA weights (before any checkpoint of this step is written)."""
         super().optimizer_step(*args, **kwargs)
@@ -344,86 +349,6 @@ class SSLModule(HijackDiagnostics, pl.LightningModule):
         if ms is None or ms < 0:
             raise ConfigError("SSL training is iteration-based: set trainer.max_steps to a positive number.")
         return int(ms)
-
-    # ---------------------------------------------------------- evaluation
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and getattr(dm, "target", None) is not None:
-            self.target = int(dm.target)
-            self.has_trigger = getattr(dm, "trigger", None) is not None
-            mask = getattr(dm, "unlabeled_poison_mask", None)
-            if mask is not None:
-                self._poison_mask = mask.clone()
-            info = (getattr(dm.split, "attack", None) or {}).get("info") or {}
-            if info.get("target_image") is not None:
-                self.target_image = int(info["target_image"])
-            self._setup_hijack(dm)
-        self._build_eval_metrics()
-
-    def _build_eval_metrics(self) -> None:
-        from lightning_ssl_backdoor.metrics import AttackSuccessRate, CleanAccuracy
-
-        metrics = {}
-        for model_name in self.eval_models():
-            for stage in ("val", "test"):
-                p = f"{stage}_{model_name}"
-                metrics[f"{p}_acc"] = CleanAccuracy()
-                if self.target is not None and self.has_trigger:
-                    metrics[f"{p}_asr"] = AttackSuccessRate(self.target, conditioned=False)
-                    metrics[f"{p}_asr_cond"] = AttackSuccessRate(self.target, conditioned=True)
-                if self.target is not None and self.target_image is not None:
-                    metrics[f"{p}_targeted"] = CleanAccuracy()  # 1 when x* is predicted as the target
-        self._eval_metrics = nn.ModuleDict(metrics)
-
-    def eval_models(self) -> list[str]:
-        return ["raw"] + (["ema"] if self.ema_model is not None else [])
-
-    def _model_by_name(self, name: str) -> nn.Module:
-        return self.model if name == "raw" else self.ema_model  # type: ignore[return-value]
-
-    def _eval_step(self, batch: dict, stage: str) -> None:
-        assert self._eval_metrics is not None
-        y = batch["y"]
-        for name in self.eval_models():
-            model = self._model_by_name(name)
-            p = f"{stage}_{name}"
-            clean = model(self._fmt(batch["x"])).argmax(1)
-            self._eval_metrics[f"{p}_acc"].update(clean, y)
-            if f"{p}_targeted" in self._eval_metrics:
-                hit = batch["idx"] == self.target_image
-                if hit.any():
-                    self._eval_metrics[f"{p}_targeted"].update(clean[hit], torch.full_like(clean[hit], self.target))
-            if self.target is not None and "x_trig" in batch:
-                trig = model(self._fmt(batch["x_trig"])).argmax(1)
-                self._eval_metrics[f"{p}_asr"].update(trig, y)
-                self._eval_metrics[f"{p}_asr_cond"].update(trig, y, clean)
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        assert self._eval_metrics is not None
-        for key, metric in self._eval_metrics.items():
-            if not key.startswith(stage + "_"):
-                continue
-            _, model_name, what = key.split("_", 2)
-            self.log(f"{stage}/{what}" + ("" if model_name == "raw" else "_ema"), metric.compute(), sync_dist=False)
-            metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_train_start(self) -> None:
-        self._hijack_on_train_start()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-        if self.trainer is not None and not self.trainer.sanity_checking:
-            self._flush_backdoor_stats()
-            self._log_hijack()
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     # ------------------------------------------------- checkpoint RNG state
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning_ssl_backdoor._lightning import Callback
 from torch import nn
 
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
+from lightning_ssl_backdoor._lightning import pl
 import torch
 import torch.nn.functional as F
 from torch import nn
