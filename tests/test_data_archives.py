@@ -80,6 +80,14 @@ def test_packed_image_folders_and_plain_tree_agree(tmp_path):
     assert resized.images.shape == (9, 3, 4, 4)
 
 
+def test_a_broken_extracted_release_is_reported_not_skipped(tmp_path):
+    _write_cifar10_bin(tmp_path, per_batch=2, n_test=3)
+    batch = tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin"
+    batch.write_bytes(batch.read_bytes()[:-7])
+    with pytest.raises(DataFormatError, match="data_batch_1.bin"):
+        load_dataset("cifar10", "train", root=tmp_path, cache=False)
+
+
 def test_no_cifar_data_is_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataFormatError, match="no cifar10 data for split 'train'"):

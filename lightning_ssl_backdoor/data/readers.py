@@ -26,7 +26,7 @@ from lightning_ssl_backdoor.data.readers_archive import (
     read_archive_folder,
     read_cifar_archive,
 )
-from lightning_ssl_backdoor.data.readers_cifar import CIFAR_SPLITS, read_cifar
+from lightning_ssl_backdoor.data.readers_cifar import CIFAR_SPLITS, has_cifar_release, read_cifar
 from lightning_ssl_backdoor.data.readers_common import as_path, check_image_size, check_split, resize_images
 from lightning_ssl_backdoor.data.readers_folder import IMAGE_EXTENSIONS, list_image_files, read_image_folder
 from lightning_ssl_backdoor.data.readers_pickle import RestrictedUnpickler, restricted_load
@@ -143,10 +143,8 @@ def read_cifar_any(root, split: str = "train", name: str = "cifar10", image_size
         archives = [path]
     else:
         folder = as_path(root, key)
-        try:
+        if has_cifar_release(folder, key):  # a broken release file is reported, not skipped
             return read_cifar(folder, split, key)
-        except DataFormatError:
-            pass
         if _has_split_folder(folder, split):
             return read_image_folder(folder, split, image_size)
         archives = find_archives(folder)

@@ -91,6 +91,17 @@ def _detect(root: Path, info: dict[str, Any]) -> tuple[str, Path]:
     raise DataFormatError(f"no {info['title']} files found under '{root}'; expected layout: {_layout(info)}.")
 
 
+def has_cifar_release(root, name: str = "cifar10") -> bool:
+    """Whether ``root`` (or its release sub-folder) holds any file of the extracted binary or python
+    release of ``name``: then :func:`read_cifar` reads it (and reports a broken file as such)."""
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    try:
+        _detect(Path(root), _CIFAR[key])
+    except (DataFormatError, KeyError, OSError):
+        return False
+    return True
+
+
 def _read_binary(folder: Path, split: str, info: dict[str, Any]) -> ImageSet:
     layout = _layout(info)
     classes = read_class_names(require_file(folder, info["bin_meta"], layout), info["num_classes"], layout)
