@@ -11,7 +11,7 @@ The context carries the attacked split (``ctx.split``: the defender sees ``split
 ``split.unlabeled``; the test set is only for the evaluation the runner reports), the row's
 algorithm, model, data and trainer settings, a cache folder ``ctx.stage_dir`` keyed by everything
 that determines the stage, and the runner's calls. Defenses never import the runner
-(:mod:`lightning_ssl_backdoor.pipeline`); the runner sets the calls when it builds the context:
+(the ``pipeline`` package); the runner sets the calls when it builds the context:
 
 - ``ctx.train(split, name=..., algorithm=..., ...)``: the runner's cached, resumable training of one
   model in ``stage_dir / name`` (``train_fn``, mandatory);
