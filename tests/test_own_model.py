@@ -3,6 +3,8 @@ class_path mapping) following models/interface.py; wrap_backbone wraps a plain b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -204,3 +206,43 @@ def test_architecture_files_do_not_import_the_registry():
     for name in ("resnet.py", "tiny.py", "vgg.py", "wideresnet.py", "classifier.py", "weights.py"):
         assert "models.registry" not in (folder / name).read_text(), name
     assert set(models.ARCHS) == set(models.BUILDERS)
+
+
+def test_runner_dbd_and_surrogate_use_a_rows_own_model(tmp_path):
+    """A row's ``model: {class_path: ...}`` reaches every DBD stage through the runner, and the
+    attacker's surrogate takes one too (``surrogate: {model: ...}``)."""
+    import json
+
+    import yaml
+
+    from lightning_ssl_backdoor.cli import main
+
+    # DBD moves the backbone between its stages: a Classifier around a plain backbone, by class_path
+    own = {"class_path": "lightning_ssl_backdoor.models.Classifier",
+           "init_args": {"backbone": {"class_path": f"{HERE}.PlainBackbone", "init_args": {"width": 5}},
+                         "feature_dim": 5, "num_classes": 10}}
+    cfg = {
+        "name": "own_model_dbd", "seeds": [0],
+        "data": {"dataset": "digits", "image_size": 8, "channels": 3, "labels_per_class": 6, "num_unlabeled": 60,
+                 "batch_size": 8, "mu": 1, "eval_batch_size": 500},
+        "model": {"model": own, "weak_pad": 1, "ema_decay": 0.9},
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "accelerator": "cpu"},
+        "surrogate": {"model": own, "steps": 2, "batch_size": 8},
+        "warm_start": "surrogate",
+        "algorithms": ["mixmatch"],
+        "attacks": [{"name": "badnets", "init_args": {"target": 3, "budget_rate": 0.1}}],
+        "defenses": [{"name": "dbd", "init_args": {"simclr": {"steps": 2, "batch_size": 16},
+                                                   "linear": {"steps": 2, "batch_size": 8},
+                                                   "finetune": {"steps": 2, "batch_size": 8}}}],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["experiment", "-c", str(path), "--output", str(out), "--no_progress", "true"]) == 0
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["defense"] == "dbd" and 0 <= row["clean_accuracy"] <= 100
+    for stage in ("stage1", "stage2", "stage3"):  # every stage trained the row's own backbone
+        weights = torch.load(Path(row["defense_info"][stage]["folder"]) / "model.pt", weights_only=True)
+        assert any(k.startswith("backbone.net.0.") for k in weights), stage
+    surrogate = load_surrogate(next((out / "cache").glob("surrogate-*/surrogate.safetensors")))
+    assert isinstance(surrogate.backbone, PlainBackbone)

@@ -79,6 +79,8 @@ class SurrogateConfig:
     device: Optional[str] = None
     weight_decay: float = 5e-4
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # your own model instead of arch: {class_path: ..., init_args: {...}} (docs/reuse.md)
+    model: Optional[Dict[str, Any]] = None
 
 
 def make_parser():
@@ -131,7 +133,7 @@ def _surrogate(cfg: SurrogateConfig, split, ckpt: Path, progress: bool):
             model = train_surrogate(split.labeled, arch=cfg.arch, steps=cfg.steps, lr=cfg.lr,
                                     batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
                                     weight_decay=cfg.weight_decay, model_kwargs=cfg.model_kwargs,
-                                    progress=progress)
+                                    model=cfg.model, progress=progress)
             save_surrogate(model, ckpt)
     acc = accuracy(model, split.test)
     _log(f"surrogate test accuracy {100 * acc:.2f}%")
@@ -153,6 +155,8 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
             raise ConfigError(f"surrogate checkpoint {surrogate.checkpoint} does not exist; fix the path or drop it to train one.")
         sur = {"checkpoint_sha256": sha256_file(surrogate.checkpoint)}
     sur.pop("device", None)
+    if sur.get("model") is None:  # unset: the same hash as before the option existed
+        sur.pop("model", None)
     run = {"data": asdict(data), "attack": attack.config(), "surrogate": sur if attack.needs_model else None}
     key = _hash(run)
     meta = artifact_meta(out)

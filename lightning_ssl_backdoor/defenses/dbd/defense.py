@@ -62,7 +62,7 @@ from lightning_ssl_backdoor.ssl.base import SSLModule
 
 THREAT_MODELS = ("auto", "poisoned_labels", "poisoned_unlabeled")
 #: the row's model settings the stages inherit (architecture and augmentation, not the optimiser)
-INHERITED_MODEL_KEYS = ("arch", "model_kwargs", "channels_last", "weak_pad", "strong_n", "strong_m")
+INHERITED_MODEL_KEYS = ("arch", "model", "model_kwargs", "channels_last", "weak_pad", "strong_n", "strong_m")
 #: per-stage keys that configure the trainer / data rather than the module
 STAGE_KEYS = {"steps", "batch_size", "val_check_interval", "epochs"}
 STAGES = {

@@ -58,7 +58,9 @@ from lightning_ssl_backdoor.ssl import resolve_algorithm
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
 PURIFY_SCOPES = ("all", "flagged", "weighted")
-#: the row's model settings the detector inherits (architecture and augmentation, not the optimiser)
+#: the row's model settings the detector inherits (architecture and augmentation, not the optimiser).
+#: A row's own ``model:`` is not among them: the detector is DePuD's 2-class network (labeled vs
+#: unlabeled), built from ``arch``; the row's model itself, own or named, trains the purified data.
 INHERITED_MODEL_KEYS = ("arch", "model_kwargs", "channels_last", "weak_pad", "weak_flip")
 DETECTOR_STAGE_KEYS = {"steps", "batch_size", "val_check_interval"}
 
