@@ -246,3 +246,17 @@ def test_runner_dbd_and_surrogate_use_a_rows_own_model(tmp_path):
         assert any(k.startswith("backbone.net.0.") for k in weights), stage
     surrogate = load_surrogate(next((out / "cache").glob("surrogate-*/surrogate.safetensors")))
     assert isinstance(surrogate.backbone, PlainBackbone)
+
+
+def test_poison_command_trains_the_surrogate_from_a_class_path(tmp_path):
+    from lightning_ssl_backdoor.attacks.cli import poison_main
+
+    own = ("{model: {class_path: lightning_ssl_backdoor.models.Classifier, init_args: {backbone: "
+           f"{{class_path: {HERE}.PlainBackbone, init_args: {{width: 5}}}}, feature_dim: 5, num_classes: 10}}}}, "
+           "steps: 2}")
+    out = tmp_path / "p.npz"
+    assert poison_main(["--attack", "{name: deneb, target: 1, budget: 2, steps: 2, trigger: {name: deneb, size: 2, margin: 1}}",
+                        "--data.image_size", "8", "--data.labels_per_class", "3", "--data.options", "{channels: 3}",
+                        "--surrogate", own, "--output", str(out), "--progress", "false"]) == 0
+    surrogate = load_surrogate(next((tmp_path / ".p.work").glob("surrogate_*.safetensors")))
+    assert isinstance(surrogate.backbone, PlainBackbone) and out.is_file()

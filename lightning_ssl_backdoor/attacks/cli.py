@@ -40,7 +40,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -140,6 +140,17 @@ def _surrogate(cfg: SurrogateConfig, split, ckpt: Path, progress: bool):
     return model, acc
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with every jsonargparse Namespace inside turned into a plain dict."""
+    if hasattr(obj, "as_dict"):
+        obj = obj.as_dict()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
 def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: SurrogateConfig, output: str,
                work_dir: Optional[str] = None, progress: bool = True) -> Path:
     """The ``poison`` command as a function: returns the artifact path."""
@@ -149,6 +160,8 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
     if out.suffix != ".npz":
         raise ConfigError(f"output must end in .npz, got {output}.")
     attack = build_attack_from_spec(attack_spec, progress)
+    if surrogate.model is not None:  # jsonargparse hands nested class_path mappings as Namespaces
+        surrogate = replace(surrogate, model=_plain(surrogate.model))
     sur = asdict(surrogate)
     if attack.needs_model and surrogate.checkpoint:
         if not Path(surrogate.checkpoint).is_file():
