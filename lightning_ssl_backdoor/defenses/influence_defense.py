@@ -55,7 +55,7 @@ from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import detection_metrics
 
 __all__ = [
-    "InfluenceDefense", "filter_unlabeled", "detection_info", "dynamics_diagnostics", "poison_mask_of",
+    "InfluenceDefense", "filter_pool", "filter_unlabeled", "detection_info", "dynamics_diagnostics", "poison_mask_of",
     "separation_stats",
 ]
 
@@ -83,32 +83,37 @@ def filter_unlabeled(split: SSLSplit, keep: torch.Tensor) -> SSLSplit:
     keep = torch.as_tensor(keep).detach().cpu().reshape(-1)
     if keep.dtype != torch.bool:
         raise ConfigError(f"the keep mask must be a bool tensor, got {keep.dtype}.")
-    n = len(split.unlabeled)
+    return filter_pool(split, keep, "unlabeled", "lower its drop count, fraction or threshold")
+
+
+def filter_pool(split: SSLSplit, keep: torch.Tensor, pool: str, hint: str) -> SSLSplit:
+    """A copy of ``split`` whose ``pool`` set ("unlabeled" or "labeled") keeps only the rows where the
+    bool mask ``keep`` is ``True``: images, labels, source indices and poison mask together; an
+    attack on that pool has its poisons' ``position`` remapped (``-1`` for a removed poison) and
+    ``attack["removed_<pool>"]`` counts what was dropped. ``hint`` ends the error for an empty pool."""
+    keep = torch.as_tensor(keep).detach().cpu().reshape(-1).bool()
+    n = len(getattr(split, pool))
     if keep.numel() != n:
-        raise ConfigError(f"the keep mask has {keep.numel()} entries but the unlabeled set has {n} images.")
+        raise ConfigError(f"the keep mask has {keep.numel()} entries but the {pool} set has {n} images.")
     if not bool(keep.any()):
-        raise ConfigError("the defense would remove every unlabeled image; lower its drop count, fraction or threshold.")
+        raise ConfigError(f"the defense would remove every {pool} image; {hint}.")
     idx = torch.nonzero(keep).flatten()
-    changes: dict[str, Any] = {
-        "unlabeled": split.unlabeled.subset(idx),
-        "unlabeled_indices": split.unlabeled_indices[idx].clone(),
-    }
+    changes: dict[str, Any] = {pool: getattr(split, pool).subset(idx),
+                               f"{pool}_indices": getattr(split, f"{pool}_indices")[idx].clone()}
     if isinstance(split, PoisonedSplit):
-        changes["unlabeled_poison_mask"] = split.unlabeled_poison_mask[idx].clone()
+        changes[f"{pool}_poison_mask"] = getattr(split, f"{pool}_poison_mask")[idx].clone()
         attack = dict(split.attack or {})
         arrays = attack.get("arrays")
-        if attack.get("pool", "unlabeled") == "unlabeled" and arrays and "position" in arrays:
+        if attack.get("pool", "unlabeled") == pool and arrays and "position" in arrays:
             new_row = torch.full((n,), -1, dtype=torch.int64)
             new_row[idx] = torch.arange(idx.numel())
             pos = torch.as_tensor(arrays["position"]).long().reshape(-1)
             valid = (pos >= 0) & (pos < n)
             remapped = torch.full_like(pos, -1)
             remapped[valid] = new_row[pos[valid]]
-            arrays = dict(arrays)
-            arrays["position"] = remapped
-            attack["arrays"] = arrays
+            attack["arrays"] = {**arrays, "position": remapped}
         attack["info"] = copy.deepcopy(attack.get("info", {}))
-        attack["removed_unlabeled"] = int(n - idx.numel())
+        attack[f"removed_{pool}"] = int(n - idx.numel())
         changes["attack"] = attack
     return replace(split, **changes)
 

@@ -19,19 +19,16 @@ clustering): train, score, report, filter, retrain.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import replace
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from lightning_ssl_backdoor.data import SSLSplit
-from lightning_ssl_backdoor.data.split import PoisonedSplit
 from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext
 from lightning_ssl_backdoor.defenses.baselines._common import to_defense_device
 from lightning_ssl_backdoor.defenses.detector import DetectionResult
-from lightning_ssl_backdoor.defenses.influence_defense import detection_info, filter_unlabeled
+from lightning_ssl_backdoor.defenses.influence_defense import detection_info, filter_pool, filter_unlabeled
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = ["FeatureDetector", "POOLS", "filter_labeled", "resolve_pool"]
@@ -50,30 +47,7 @@ def filter_labeled(split: SSLSplit, keep: torch.Tensor) -> SSLSplit:
     """A copy of ``split`` whose labeled set holds only the rows where ``keep`` is ``True`` (images,
     labels, source indices and poison mask together; for an attack on the labeled pool the poisons'
     ``attack["arrays"]["position"]`` is remapped, ``-1`` for a removed poison)."""
-    keep = torch.as_tensor(keep).detach().cpu().reshape(-1).bool()
-    n = len(split.labeled)
-    if keep.numel() != n:
-        raise ConfigError(f"the keep mask has {keep.numel()} entries but the labeled set has {n} images.")
-    if not bool(keep.any()):
-        raise ConfigError("the defense would remove every labeled image; lower its removal rate.")
-    idx = torch.nonzero(keep).flatten()
-    changes: dict[str, Any] = {"labeled": split.labeled.subset(idx), "labeled_indices": split.labeled_indices[idx].clone()}
-    if isinstance(split, PoisonedSplit):
-        changes["labeled_poison_mask"] = split.labeled_poison_mask[idx].clone()
-        attack = dict(split.attack or {})
-        arrays = attack.get("arrays")
-        if attack.get("pool") == "labeled" and arrays and "position" in arrays:
-            new_row = torch.full((n,), -1, dtype=torch.int64)
-            new_row[idx] = torch.arange(idx.numel())
-            pos = torch.as_tensor(arrays["position"]).long().reshape(-1)
-            valid = (pos >= 0) & (pos < n)
-            remapped = torch.full_like(pos, -1)
-            remapped[valid] = new_row[pos[valid]]
-            attack["arrays"] = {**arrays, "position": remapped}
-        attack["info"] = copy.deepcopy(attack.get("info", {}))
-        attack["removed_labeled"] = int(n - idx.numel())
-        changes["attack"] = attack
-    return replace(split, **changes)
+    return filter_pool(split, keep, "labeled", "lower its removal rate")
 
 
 class FeatureDetector(DataDefense):
