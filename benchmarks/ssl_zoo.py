@@ -129,7 +129,7 @@ def summarise(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
 
 def run_self_training(seeds: list[int], data: dict, model: dict, steps: dict) -> dict[str, Any]:
     from lightning_ssl_backdoor.pipeline.experiment import load_clean_split
-    from lightning_ssl_backdoor.ssl.self_training import SelfTrainingConfig, self_train
+    from lightning_ssl_backdoor.defenses.self_training import SelfTrainingConfig, self_train
 
     cfg = config_from_dict({"data": data, "seeds": seeds})
     accs, secs, total, rounds = [], [], 0, []

@@ -269,11 +269,11 @@ def test_test_time_filter_on_triggered_images(monkeypatch, add_square):
     monkeypatch.setattr(SSLModule, "_eval_step", lambda self, batch, stage: seen.append(batch))
     x = torch.rand(3, 3, 8, 8)
     batch = {"x": x, "y": torch.tensor([1, 2, 3]), "idx": torch.arange(3), "x_trig": add_square(x)}
-    m = _module()
+    m = _module(filter_triggered_test=True)
     m._eval_step(batch, "test")
     assert torch.equal(seen[-1]["x"], m.filter_images(x))
     assert torch.equal(seen[-1]["x_trig"], m.filter_images(add_square(x)))
-    authors = _module(filter_triggered_test=False)
+    authors = _module()  # the default: the authors' order
     with pytest.raises(ConfigError, match="trigger"):
         authors._eval_step(batch, "test")
     authors.set_test_trigger(add_square)
@@ -386,7 +386,7 @@ def test_bi_lowers_asr_on_a_tiny_poison(tmp_path):
     labels[poison] = 0
     split = PoisonedSplit(**{**vars(split), "labeled": ImageSet(images, labels, lab.classes)}, trigger=trig, target=0)
     res = {}
-    for name, cls, kw in (("none", FixMatch, {}), ("bi", bi.InvalidatedFixMatch, {"stage_one_steps": 20})):
+    for name, cls, kw in (("none", FixMatch, {}), ("bi", bi.InvalidatedFixMatch, {"stage_one_steps": 20, "filter_triggered_test": True})):
         pl.seed_everything(0)
         m = _module(cls, model_kwargs={"width": 8}, lr=0.05, ema_decay=None, **kw)
         dm = SSLDataModule(split=split, batch_size=16, mu=1, eval_batch_size=500)

@@ -22,7 +22,8 @@ from lightning_ssl_backdoor.ssl import (
     ALGORITHMS, UDA, VAT, FlexMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel, SSLModule,
 )
 from lightning_ssl_backdoor.ssl.flexmatch import class_thresholds, learning_effect
-from lightning_ssl_backdoor.ssl.self_training import CropScaleVFlip, SelfTraining, SelfTrainingConfig, self_train
+from lightning_ssl_backdoor.augment import CropScaleVFlip
+from lightning_ssl_backdoor.defenses.self_training import SelfTraining, SelfTrainingConfig, self_train
 from lightning_ssl_backdoor.ssl.vat import l2_normalize
 
 ROOT = Path(__file__).resolve().parents[1]

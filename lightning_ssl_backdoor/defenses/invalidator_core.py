@@ -14,6 +14,9 @@ The paper's equations were lost in the text extraction; these functions follow t
   ``(C - 1) / C`` off the diagonal and 0 on it; the initial matrix counts as the first estimate.
 - :func:`mixup_weight`: the stage-two weight ``lam = 0.1 (1 + cos(pi it / T_total))``, 0.2 -> 0.
 - :func:`check_options`: BI's options, validated (the defense's and the invalidated modules' defaults).
+- :data:`ABLATIONS`: the option switches of the labelled rows that show BI's parts one by one
+  (BI Table 3): ``bi``, ``bi-test-filter``, ``bi-filter-only``, ``bi-complementary-only``,
+  ``bi-mixup-only``, ``bi-no-filter``.
 - :func:`trigger_mixup`: labeled images mixed with confident strongly-augmented unlabeled images and
   their pseudo-labels, the labeled side weighted ``m = max(u, 1 - u) >= 0.5``, ``u ~ Beta(a, a)``.
 
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = [
+    "ABLATIONS",
     "ALIGNMENTS",
     "OPTION_NAMES",
     "batch_transition",
@@ -48,11 +52,23 @@ __all__ = [
 
 ALIGNMENTS = ("agreement", "mask")
 
+#: BI's parts one by one (BI Table 3), as the option switches of each row label. ``bi`` is the
+#: authors' deployment (the test trigger pasted after the blur); ``bi-test-filter`` blurs the
+#: triggered test images too, as a model that filters every input would.
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "bi": {"use_filter": True, "use_complementary": True, "use_mixup": True, "filter_triggered_test": False},
+    "bi-test-filter": {"use_filter": True, "use_complementary": True, "use_mixup": True, "filter_triggered_test": True},
+    "bi-filter-only": {"use_filter": True, "use_complementary": False, "use_mixup": False, "filter_triggered_test": False},
+    "bi-complementary-only": {"use_filter": False, "use_complementary": True, "use_mixup": False},
+    "bi-mixup-only": {"use_filter": False, "use_complementary": False, "use_mixup": True},
+    "bi-no-filter": {"use_filter": False, "use_complementary": True, "use_mixup": True},
+}
+
 
 def check_options(
     use_filter: bool = True,
     filter_radius: float = 1.0,
-    filter_triggered_test: bool = True,
+    filter_triggered_test: bool = False,
     use_complementary: bool = True,
     stage_one_ratio: float = 0.025,
     stage_one_steps: Optional[int] = None,
@@ -65,6 +81,11 @@ def check_options(
 ) -> dict[str, Any]:
     """Validate BI's options (one-sentence :class:`ConfigError`) and return them as a dict."""
     opts = dict(locals())
+    for name in ("use_filter", "filter_triggered_test", "use_complementary", "use_mixup"):
+        if not isinstance(opts[name], bool):
+            raise ConfigError(f"{name} must be true or false, got {opts[name]!r}.")
+    if not (use_filter or use_complementary or use_mixup):
+        raise ConfigError("use_filter, use_complementary and use_mixup are all false, which is no defense; turn one on or drop the invalidator.")
     if not filter_radius >= 0:
         raise ConfigError(
             f"filter_radius must be >= 0 (the Gaussian's standard deviation in pixels), got {filter_radius}."

@@ -2,7 +2,7 @@
 
 ``ALGORITHMS`` maps the names used by configs and the experiment runner to the classes. The
 iterative self-training defense of Pal et al. is a driver over several Trainers, not a
-LightningModule: see :mod:`lightning_ssl_backdoor.ssl.self_training`.
+LightningModule: see :mod:`lightning_ssl_backdoor.defenses.self_training`.
 """
 
 from lightning_ssl_backdoor.ssl.base import SSLModule

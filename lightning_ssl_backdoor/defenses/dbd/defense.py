@@ -181,6 +181,31 @@ class DBD(Defense):
             )
         return res, workdir
 
+    def simclr_backbone(self, ctx: DefenseContext) -> tuple[Path, dict[str, Any], float]:
+        """Stage 1: ``(model.pt of the SimCLR-trained Classifier, info, seconds)``, or the given
+        ``backbone_checkpoint``. Self-training with SimCLR (``defense: self_training_simclr``,
+        Pal et al. Algorithm 2) reuses this stage through a DBD instance."""
+        if self.backbone_checkpoint:
+            backbone = Path(self.backbone_checkpoint)
+            if not backbone.is_file():
+                raise ConfigError(f"dbd backbone_checkpoint {backbone} does not exist.")
+            return backbone, {"provided_backbone": str(backbone)}, 0.0
+        split = ctx.split
+        images = training_images(split)
+        s1 = SSLSplit(labeled=images, unlabeled=images.subset([]), test=split.test,
+                      labeled_indices=torch.arange(len(images)), unlabeled_indices=torch.zeros(0, dtype=torch.long),
+                      seed=split.seed)
+        ctx1 = ctx
+        if self.share_simclr:  # keyed by what determines it, so rows that differ later share it
+            spec, margs, tcfg, dcfg = self._stage_settings(ctx, "simclr", {}, ctx.trainer.max_steps)
+            key = config_hash("dbd-stage1", sha256_array(images.images.numpy()), asdict(spec), margs,
+                              asdict(tcfg), asdict(dcfg), ctx.seed)
+            ctx1 = replace(ctx, stage_dir=ctx.stage_dir.parent / f"dbd_simclr-{key}")
+        r1, w1 = self._stage(ctx1, "simclr", s1, {}, ctx.trainer.max_steps)
+        info = {"steps": r1["steps"], "fit_seconds": round(r1["fit_seconds"], 1),
+                "num_images": len(images), "folder": str(w1)}
+        return w1 / "model.pt", info, r1["fit_seconds"]
+
     # ----------------------------------------------------------------------- run
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
         split = ctx.split
@@ -195,29 +220,7 @@ class DBD(Defense):
             "filter_per_class": self.filter_per_class,
             "replaces_algorithm": ctx.algorithm.display,
         }
-        seconds = 0.0
-        # stage 1: self-supervised backbone
-        if self.backbone_checkpoint:
-            backbone = Path(self.backbone_checkpoint)
-            if not backbone.is_file():
-                raise ConfigError(f"dbd backbone_checkpoint {backbone} does not exist.")
-            info["stage1"] = {"provided_backbone": str(backbone)}
-        else:
-            images = training_images(split)
-            s1 = SSLSplit(labeled=images, unlabeled=images.subset([]), test=split.test,
-                          labeled_indices=torch.arange(len(images)), unlabeled_indices=torch.zeros(0, dtype=torch.long),
-                          seed=split.seed)
-            ctx1 = ctx
-            if self.share_simclr:  # keyed by what determines it, so rows that differ later share it
-                spec, margs, tcfg, dcfg = self._stage_settings(ctx, "simclr", {}, ctx.trainer.max_steps)
-                key = config_hash("dbd-stage1", sha256_array(images.images.numpy()), asdict(spec), margs,
-                                  asdict(tcfg), asdict(dcfg), ctx.seed)
-                ctx1 = replace(ctx, stage_dir=ctx.stage_dir.parent / f"dbd_simclr-{key}")
-            r1, w1 = self._stage(ctx1, "simclr", s1, {}, ctx.trainer.max_steps)
-            backbone = w1 / "model.pt"
-            seconds += r1["fit_seconds"]
-            info["stage1"] = {"steps": r1["steps"], "fit_seconds": round(r1["fit_seconds"], 1),
-                              "num_images": len(images), "folder": str(w1)}
+        backbone, info["stage1"], seconds = self.simclr_backbone(ctx)
         # stage 2: linear head on the frozen backbone
         lin_bs = int(self.options["linear"].get("batch_size", STAGES["linear"][2]))
         epochs = int(self.options["linear"].get("epochs", 10))

@@ -1,4 +1,5 @@
-"""Iterative self-training with strong augmentation during pseudo-labelling (Pal et al., Alg. 1).
+"""Iterative self-training with strong augmentation during pseudo-labelling (Pal et al., paper
+002, Algorithm 1; Algorithm 2 enters through ``run(first_pool=...)``).
 
 A driver, not a LightningModule: every training phase is a Lightning ``Trainer.fit`` of the
 :class:`~lightning_ssl_backdoor.ssl.supervised.Supervised` module on a labeled set built here.
@@ -11,12 +12,21 @@ A driver, not a LightningModule: every training phase is a Lightning ``Trainer.f
         warm-start: keep training the same model on D_n  (it becomes the next teacher)
     final model <- trained from scratch on D_N
 
-T is Pal et al.'s "RCS0.5 + VFlip": a random crop of half the image area, resized back, then a
-vertical flip (:class:`CropScaleVFlip`, batched on the device, per-sample draws). Their defense
-trains without a supervised loss (``supervised_loss=False``); with it, D_L with its true labels is
-added to every training set (standard self-training). Images keep their original pixels in D_n:
-T only changes what the teacher sees when it labels them. Per-round statistics use the hidden true
-labels and poison masks for reporting only; nothing is selected on them or on the test set.
+The paper's defaults (Sec. 4.3 and 5.1), which :class:`SelfTrainingConfig` keeps: N = 4 rounds,
+k = 0.3 (so D_4 is the whole pool: 4 x 0.3 >= 1), the pool D_UL is the labeled AND the unlabeled
+images (the labeled images are relabelled by the teacher: "pseudo-labeling on D_L U D_U"), T is
+applied to the labeled images only ("we propose to only pseudo-label a part of the total data (in
+our case, D_L)" under T, to limit the loss of standard accuracy), and there is no supervised loss
+("we do not include any supervisory loss ... because including such a loss helps in successful
+backdoor creation"). Training lengths in the paper are epochs (pre-training 200, each round 150,
+the final model 300 from scratch); here they are optimiser steps (``*_steps``).
+
+T is "RCS0.5 + VFlip": a random crop of half the image area, resized back, then a vertical flip of
+EVERY image (:class:`~lightning_ssl_backdoor.augment.CropScaleVFlip`, ``vflip_prob = 1``; batched
+on the device, per-sample draws). With ``supervised_loss`` D_L with its given labels is added to
+every training set (standard self-training). Images keep their original pixels in D_n: T only
+changes what the teacher sees when it labels them. Per-round statistics use the hidden true labels
+and poison masks for reporting only; nothing is selected on them or on the test set.
 """
 
 from __future__ import annotations
@@ -27,59 +37,24 @@ from typing import Any, Optional
 
 from lightning_ssl_backdoor._lightning import pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lightning_ssl_backdoor.augment import CropScaleVFlip
 from lightning_ssl_backdoor.data import ImageSet, SSLDataModule, SSLSplit, triggered_copy
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import attack_success_rate, clean_accuracy
 from lightning_ssl_backdoor.models import Classifier
 from lightning_ssl_backdoor.ssl.supervised import Supervised
 
+__all__ = ["PARTS", "SelfTraining", "SelfTrainingConfig", "SelfTrainingResult", "self_train"]
+
 PARTS = ("labeled", "unlabeled", "both")
-
-
-class CropScaleVFlip(nn.Module):
-    """RCS<scale> + VFlip on a float ``[B, C, H, W]`` batch, every image with its own draws.
-
-    Each image: a crop window of ``scale`` of the image area with aspect ratio log-uniform in
-    ``ratio`` (clipped to the image), placed uniformly at random, resized back to ``H x W``
-    (bilinear), then flipped upside down with probability ``flip_prob``. One ``grid_sample`` call.
-    """
-
-    def __init__(self, scale: float = 0.5, ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_prob: float = 0.5) -> None:
-        super().__init__()
-        if not 0.0 < scale <= 1.0:
-            raise ConfigError(f"crop scale must be in (0, 1], got {scale}.")
-        if not 0.0 < ratio[0] <= ratio[1]:
-            raise ConfigError(f"aspect ratio range must be positive and increasing, got {ratio}.")
-        if not 0.0 <= flip_prob <= 1.0:
-            raise ConfigError(f"flip_prob must be in [0, 1], got {flip_prob}.")
-        self.scale, self.ratio, self.flip_prob = float(scale), (float(ratio[0]), float(ratio[1])), float(flip_prob)
-
-    def theta(self, b: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Affine matrices ``[B, 2, 3]`` in ``affine_grid``'s normalised coordinates."""
-        kw = dict(device=device, generator=generator)
-        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        r = torch.exp(lo + (hi - lo) * torch.rand(b, **kw))
-        sx = torch.sqrt(self.scale * r).clamp(max=1.0)  # crop width / image width
-        sy = (self.scale / sx).clamp(max=1.0)  # crop height / image height
-        cx = (1.0 - sx) * (2.0 * torch.rand(b, **kw) - 1.0)
-        cy = (1.0 - sy) * (2.0 * torch.rand(b, **kw) - 1.0)
-        flip = torch.rand(b, **kw) < self.flip_prob
-        sy = torch.where(flip, -sy, sy)
-        zero = torch.zeros_like(sx)
-        return torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
-
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        theta = self.theta(x.shape[0], x.device, generator).to(x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @dataclass
 class SelfTrainingConfig:
-    """Options of :func:`self_train` (defaults: Pal et al. Sec. 5.1, N = 4, k = 0.3).
+    """Options of :func:`self_train` (defaults: Pal et al. Sec. 4.3 / 5.1, N = 4, k = 0.3, pool
+    D_L U D_U, T = RCS0.5 + VFlip on the labeled images, no supervised loss).
 
     ``pseudo_label``: which parts make up D_UL; ``augment``: which parts the teacher labels under T
     (``None``: none, the paper's "semi-supervised baseline"); ``supervised_loss``: also train on D_L
@@ -92,7 +67,7 @@ class SelfTrainingConfig:
     pseudo_label: str = "both"
     augment: Optional[str] = "labeled"
     crop_scale: float = 0.5
-    vflip_prob: float = 0.5
+    vflip_prob: float = 1.0
     supervised_loss: bool = False
     pretrain_steps: int = 500
     round_steps: int = 500
@@ -114,6 +89,8 @@ class SelfTrainingConfig:
             raise ConfigError(f"augment must be null or one of {list(PARTS)}, got {self.augment!r}.")
         if min(self.pretrain_steps, self.round_steps, self.final_steps) < 1:
             raise ConfigError("pretrain_steps, round_steps and final_steps must all be >= 1.")
+        if not 0.0 < self.crop_scale <= 1.0 or not 0.0 <= self.vflip_prob <= 1.0:
+            raise ConfigError(f"crop_scale must be in (0, 1] and vflip_prob in [0, 1], got {self.crop_scale}, {self.vflip_prob}.")
 
 
 @dataclass
@@ -168,13 +145,17 @@ class SelfTraining:
         for s in range(0, len(images), self.cfg.eval_batch_size):
             x = images[s : s + self.cfg.eval_batch_size].to(dev).float().div_(255.0)
             if augment:
-                x = self.transform(x, generator=generator if generator.device == x.device else None)
+                x = self.labeling_view(x, generator)
             p = model(x).softmax(1)
             c, k = p.max(1)
             conf.append(c.cpu())
             pred.append(k.cpu())
         model.train(was_training)
         return torch.cat(conf), torch.cat(pred)
+
+    def labeling_view(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """T(x): what the teacher sees of an image it labels under augmentation (float [0, 1])."""
+        return self.transform(x, generator=generator)
 
     def select(self, conf: torch.Tensor, pred: torch.Tensor, round_n: int) -> torch.Tensor:
         """Indices of the ``floor(k n |D_UL| / C)`` most confident examples of each predicted class."""
@@ -190,14 +171,20 @@ class SelfTraining:
         return torch.sort(torch.cat(chosen)).values
 
     # -------------------------------------------------------------- rounds
-    def pseudo_labeled_pool(self, model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """D_UL with the teacher's labels, the hidden truth and the poison flags of every example."""
+    def pseudo_labeled_pool(self, model: nn.Module, generator: torch.Generator,
+                            given: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = None) -> dict[str, torch.Tensor]:
+        """D_UL with the teacher's labels, the hidden truth and the poison flags of every example;
+        ``given`` (``{"labeled": (conf, pred), "unlabeled": (conf, pred)}``) replaces the teacher's
+        predictions (Algorithm 2's first round: the cluster pseudo-labels)."""
         parts = []
         for name in ("labeled", "unlabeled"):
             if not _uses(name, self.cfg.pseudo_label):
                 continue
             s: ImageSet = getattr(self.split, name)
-            conf, pred = self.predict(model, s.images, _uses(name, self.cfg.augment), generator)
+            if given is not None:
+                conf, pred = (t.cpu() for t in given[name])
+            else:
+                conf, pred = self.predict(model, s.images, _uses(name, self.cfg.augment), generator)
             mask = getattr(self.split, f"{name}_poison_mask", None)
             parts.append({
                 "images": s.images, "conf": conf, "pred": pred, "truth": s.targets,
@@ -236,7 +223,10 @@ class SelfTraining:
             out["asr_conditioned"] = 100.0 * attack_success_rate(trig, test.targets, int(target), clean_preds=clean)
         return out
 
-    def run(self, teacher: Optional[Classifier] = None) -> SelfTrainingResult:
+    def run(self, teacher: Optional[Classifier] = None,
+            first_pool: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = None) -> SelfTrainingResult:
+        """Algorithm 1 from ``teacher`` (trained on D_L here when ``None``); ``first_pool`` gives
+        round 1's pseudo-labels and confidences instead of the teacher (Algorithm 2)."""
         cfg = self.cfg
         pl.seed_everything(cfg.seed, verbose=False)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -248,9 +238,10 @@ class SelfTraining:
         rounds: list[dict[str, Any]] = []
         train: Optional[ImageSet] = None
         for n in range(1, cfg.rounds + 1):
-            pool = self.pseudo_labeled_pool(module.model, gen)
+            pool = self.pseudo_labeled_pool(module.model, gen, first_pool if n == 1 else None)
             sel = self.select(pool["conf"], pool["pred"], n)
             stats = self.round_stats(pool, sel, n)
+            stats["labels_from"] = "clusters" if (n == 1 and first_pool is not None) else "teacher"
             stats["teacher"] = self.evaluate(module.model)
             train = ImageSet(pool["images"][sel], pool["pred"][sel], list(self.split.classes))
             if cfg.supervised_loss:
@@ -267,5 +258,5 @@ class SelfTraining:
 
 
 def self_train(split: SSLSplit, config: Optional[SelfTrainingConfig] = None, teacher: Optional[Classifier] = None) -> SelfTrainingResult:
-    """Pal et al.'s Alg. 1 on ``split``; see :class:`SelfTraining`."""
+    """Pal et al.'s Algorithm 1 on ``split``; see :class:`SelfTraining`."""
     return SelfTraining(split, config).run(teacher)
