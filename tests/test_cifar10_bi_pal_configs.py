@@ -61,7 +61,9 @@ def test_cifar10_pal_config_runs_every_row(tmp_path, packed_cifar):  # noqa: F81
         {(None, None)} | {(a, d) for a in attacks for d in [None, *defenses]})
     cfg["rows"] = [{"attack": "badnets_gray"}, {"attack": "clean_label_pgd"}] + [
         {"attack": "badnets_rgb", "defense": d} for d in defenses]
-    rows = _run(tmp_path, _cut(cfg, packed_cifar), "cifar10_pal")
+    cfg = _cut(cfg, packed_cifar)
+    cfg["data"]["mu"] = 0  # supervised rows: no unlabeled stream, as in the config
+    rows = _run(tmp_path, cfg, "cifar10_pal")
     assert {(r["attack"], r["defense"]) for r in rows} == {(r["attack"], r.get("defense")) for r in cfg["rows"]}
     assert all(r["algorithm"] == "supervised" and r["asr"] is not None for r in rows)
     st = next(r for r in rows if r["defense"] == "self-training-simclr")
