@@ -149,3 +149,19 @@ def test_influence_histogram_pools_the_trials_scores(tmp_path):
     full = [{**r, "algorithm": "fixmatch", "attack": "interpolation", "seed": i, "clean_accuracy": 50.0, "asr": None}
             for i, r in enumerate(rows[2:])]
     assert report / "influence_hist.png" in write_figures(full, report)
+
+
+def test_targeted_trials_are_counted_as_carlini_table_1():
+    from lightning_ssl_backdoor.report.diagnostics import diagnostics_markdown
+
+    rows = [{"algorithm": "fixmatch", "attack": "interpolation", "defense": d, "seed": s, "target": s % 4,
+             "targeted_success": hit, "defense_info": info}
+            for d, info in ((None, {}), ("influence", {"auroc": 0.5, "recall": 0.25, "delta_roughness": 2.0}))
+            for s, hit in ((0, 100.0), (1, 0.0), (2, 100.0))]
+    rows.append({"algorithm": "fixmatch", "attack": None, "defense": None, "seed": 0, "targeted_success": None})
+    md = "\n".join(diagnostics_markdown(rows))
+    assert "## Targeted trials" in md
+    assert "| fixmatch | interpolation | none | 2/3 | 0:0:1 1:1:0 2:2:1 | n/a | n/a | n/a |" in md
+    assert "| fixmatch | interpolation | influence | 2/3 | 0:0:1 1:1:0 2:2:1 | 0.50 ± 0.00 | 0.25 ± 0.00 | 2.00 ± 0.00 |" in md
+    assert "| fixmatch | none |" not in md
+    assert diagnostics_markdown(rows[-1:]) == []
