@@ -308,7 +308,7 @@ def test_influence_records_once_per_epoch_with_the_ema_model(poisoned, tmp_path)
             for cb in kw.get("extra_callbacks") or []:
                 if isinstance(cb, TrainingDynamicsRecorder):
                     seen.update(every=cb.every, use_ema=cb.use_ema)
-            return super().__call__(split, algorithm, model_args, data, trainer, seed, workdir, **kw)
+            return {**super().__call__(split, algorithm, model_args, data, trainer, seed, workdir, **kw), "has_ema": True}
 
     stub = Recording(history=fake_history(mask))
     ctx = defense_context(poisoned, 0, Spec("fixmatch"), {"arch": "tiny_cnn"},

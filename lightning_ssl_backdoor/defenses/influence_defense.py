@@ -326,7 +326,7 @@ class InfluenceDefense(DataDefense):
         info.update(separation_stats(influence, poison, self.percentile))
         info.update(
             k=self.k, lag=self.lag, every_n_steps=self.record_interval(split, ctx), num_records=int(history.shape[0]),
-            record_every="epoch" if self.every_n_steps == "epoch" else "steps", recorded_weights="ema" if self.use_ema else "raw",
+            record_every="epoch" if self.every_n_steps == "epoch" else "steps", recorded_weights="ema" if self.use_ema and rec.get("has_ema") else "raw",
             drop_count=self.drop_count, drop_fraction=self.drop_fraction, threshold=self.threshold,
             cut_influence=float(influence[~keep].max()) if bool((~keep).any()) else None,
             record={"steps": rec.get("steps"), "test": rec.get("test", {}),
