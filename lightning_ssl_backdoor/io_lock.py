@@ -99,3 +99,25 @@ def locked_output(target: Optional[Path]) -> Iterator[Optional[Path]]:
         if not existed:  # a run that stopped before writing anything leaves no empty folder
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+@contextlib.contextmanager
+def waiting_lock(target: Path, poll_seconds: float = 5.0, timeout_seconds: Optional[float] = None) -> Iterator[Path]:
+    """Hold the lock of ``target`` for the ``with`` body, first WAITING while another live process
+    holds it (where :func:`locked_output` refuses at once): for a cached stage that parallel rows
+    share (DBD's SimCLR pre-training), the second row waits for the first to finish it and then
+    finds it cached. A lock whose process is gone is taken over at once. ``timeout_seconds``
+    (default: wait for ever) raises :class:`OutputLockedError` when exceeded."""
+    start = time.monotonic()
+    while True:
+        try:
+            path = acquire(Path(target))
+            break
+        except OutputLockedError:
+            if timeout_seconds is not None and time.monotonic() - start > timeout_seconds:
+                raise
+            time.sleep(poll_seconds)
+    try:
+        yield path
+    finally:
+        release(path)

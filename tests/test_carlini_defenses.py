@@ -293,3 +293,43 @@ def test_dynamics_diagnostics_flag_noise_dominated_recordings():
         info = dynamics_diagnostics(noisy, influence_scores(noisy, k=3), poison)
     assert info["delta_roughness"] > 2.5 and info["poisons_self_below_percentile"] == 0.0
     json.dumps(info)
+
+
+def test_influence_records_once_per_epoch_with_the_ema_model(poisoned, tmp_path):
+    """``every_n_steps: epoch``: one record per pass over the attacked unlabeled set at the row's
+    unlabeled batch (batch_size * mu), with the EMA weights; the scores are kept for the report."""
+    from lightning_ssl_backdoor.data.artifacts import load_arrays
+
+    mask = poisoned.unlabeled_poison_mask
+    seen = {}
+
+    class Recording(StubTrainer):
+        def __call__(self, split, algorithm, model_args, data, trainer, seed, workdir, **kw):
+            for cb in kw.get("extra_callbacks") or []:
+                if isinstance(cb, TrainingDynamicsRecorder):
+                    seen.update(every=cb.every, use_ema=cb.use_ema)
+            return {**super().__call__(split, algorithm, model_args, data, trainer, seed, workdir, **kw), "has_ema": True}
+
+    stub = Recording(history=fake_history(mask))
+    ctx = defense_context(poisoned, 0, Spec("fixmatch"), {"arch": "tiny_cnn"},
+                          DataConfig(dataset="digits", batch_size=8, mu=3),
+                          TrainerConfig(max_steps=700, val_check_interval=100, accelerator="cpu"), tmp_path / "stage",
+                          progress=False, trainer_fn=stub)
+    defense = InfluenceDefense(every_n_steps="epoch", use_ema=True, drop_count=int(mask.sum()))
+    n = len(poisoned.unlabeled)
+    assert defense.record_interval(poisoned, ctx) == -(-n // 24) > 1
+    out, info = defense.filter(poisoned, ctx)
+    assert seen == {"every": -(-n // 24), "use_ema": True}
+    assert info["every_n_steps"] == -(-n // 24) and info["record_every"] == "epoch" and info["recorded_weights"] == "ema"
+    arrays, meta = load_arrays(info["scores_file"])
+    assert meta["kind"] == "influence_scores" and arrays["influence"].shape == (n,)
+    assert np.array_equal(arrays["poison"], mask.numpy()) and info["recall"] == 1.0
+    # a handful of steps per epoch needs an unlabeled batch; bad values say what to give
+    nomu = defense_context(poisoned, 0, Spec("fixmatch"), {"arch": "tiny_cnn"}, DataConfig(dataset="digits", mu=0),
+                           TrainerConfig(max_steps=7, val_check_interval=7, accelerator="cpu"), tmp_path / "s2",
+                           progress=False, trainer_fn=stub)
+    with pytest.raises(ConfigError, match="mu >= 1"):
+        defense.record_interval(poisoned, nomu)
+    for bad in ("epochs", 0, 2.5):
+        with pytest.raises(ConfigError, match="every_n_steps"):
+            InfluenceDefense(every_n_steps=bad)

@@ -407,10 +407,12 @@ def _pattern_set(n: int, seed: int):
 
 
 def test_dbd_lowers_asr_on_a_tiny_poison_label_setting(tmp_path):
-    """BadNets relabels 20% of the labeled set; plain supervised training learns the backdoor, DBD
-    (stages 2 and 3, on a backbone brought via ``backbone_checkpoint`` that never saw the poisons:
-    SimCLR's own purification needs more steps than a unit test affords; see dbd_digits.yaml) keeps
-    the poisons out of the high-credible set and ends with a low ASR and the same clean accuracy."""
+    """BadNets relabels 20% of the labeled set; plain supervised training learns the backdoor. DBD
+    runs all three stages on the poisoned split: SimCLR (250 steps on the 400 training images,
+    labels removed, poisons included), the frozen-backbone SCE head and MixMatch fine-tuning; it
+    keeps every poison out of the high-credible set and ends with a low ASR and the same clean
+    accuracy. Then a pre-trained backbone (``backbone_checkpoint``) skips stage 1, and
+    ``use_unlabeled: auto`` under poisoned labels trains on the labeled set alone."""
     from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
     from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
     from lightning_ssl_backdoor.pipeline.training import train_row
@@ -422,21 +424,71 @@ def test_dbd_lowers_asr_on_a_tiny_poison_label_setting(tmp_path):
     data = DataConfig(dataset="synthetic", labels_per_class=None, batch_size=32, mu=1, eval_batch_size=500)
     trainer = TrainerConfig(max_steps=100, val_check_interval=1000, accelerator="cpu", checkpoint_every_n_steps=1000)
     none = train_row(split, Spec("supervised"), model, data, trainer, 0, tmp_path / "none", enable_progress_bar=False)
-    torch.manual_seed(0)
-    clean, pre = _pattern_set(400, 2), build_model("tiny_cnn", 4, width=8)
-    opt = torch.optim.SGD(pre.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(60):
-        idx = torch.randint(0, 400, (32,))
-        opt.zero_grad()
-        nn.functional.cross_entropy(pre(clean.images[idx].float() / 255), clean.labels[idx]).backward()
-        opt.step()
-    backbone = save_model_state(pre, tmp_path / "backbone.pt")
     ctx = defense_context(split, 0, Spec("supervised"), model, data, trainer, tmp_path / "dbd", progress=False)
-    res = DBD(backbone_checkpoint=str(backbone), linear={"steps": 60, "batch_size": 64, "lr": 0.01},
+    res = DBD(simclr={"steps": 250, "batch_size": 128, "lr": 0.1},
+              linear={"steps": 60, "batch_size": 64, "lr": 0.01},
               finetune={"steps": 60, "batch_size": 32, "rerank_every": 10}).run(ctx)
     assert none["test"]["asr"] >= 0.8 and none["test"]["acc"] >= 0.9
     assert res["test"]["asr"] <= 0.1 and res["test"]["acc"] >= none["test"]["acc"] - 0.1
-    assert all(f["poisons_in_high"] == 0 and f["num_poisons"] == 48 for f in res["defense_info"]["filtering"])
+    info = res["defense_info"]
+    assert all(f["poisons_in_high"] == 0 and f["num_poisons"] == 48 for f in info["filtering"])
     assert res["steps"] == 60 and res["has_ema"] is False
-    assert res["defense_info"]["stage1"] == {"provided_backbone": str(backbone)}
-    assert not (tmp_path / "dbd" / "stage1_simclr").exists() and not list(tmp_path.glob("dbd_simclr-*"))
+    assert info["stage1"]["steps"] == 250 and info["stage1"]["num_images"] == 400 and info["uses_unlabeled"]
+    simclr = Path(info["stage1"]["folder"])
+    assert simclr.parent.name.startswith("dbd_simclr-") and (simclr / "model.pt").is_file()
+    assert not (simclr.parent / ".stage1.simclr.lock").exists()  # the shared stage's lock is released
+
+    # a brought backbone skips stage 1; use_unlabeled auto: labeled set alone under poisoned labels
+    ctx2 = defense_context(split, 0, Spec("supervised"), model, data, trainer, tmp_path / "dbd2", progress=False)
+    res2 = DBD(backbone_checkpoint=str(simclr / "model.pt"), use_unlabeled="auto", linear={"steps": 2, "batch_size": 64},
+               finetune={"steps": 2, "batch_size": 32}).run(ctx2)
+    assert res2["defense_info"]["stage1"] == {"provided_backbone": str(simclr / "model.pt")}
+    assert res2["defense_info"]["uses_unlabeled"] is False
+    assert not (tmp_path / "dbd2" / "stage1_simclr").exists() and not list(tmp_path.glob("dbd2_simclr-*"))
+
+
+def test_use_unlabeled_chooses_the_defenders_images(poisoned_digits):
+    from lightning_ssl_backdoor.defenses.dbd.defense import _labeled_only
+
+    assert DBD().uses_unlabeled("poisoned_labels") and DBD(use_unlabeled=True).uses_unlabeled("poisoned_unlabeled")
+    assert not DBD(use_unlabeled=False).uses_unlabeled("poisoned_unlabeled")
+    auto = DBD(use_unlabeled="auto")
+    assert not auto.uses_unlabeled("poisoned_labels") and auto.uses_unlabeled("poisoned_unlabeled")
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError, match="use_unlabeled"):
+            DBD(use_unlabeled=bad)
+    only = _labeled_only(poisoned_digits)
+    assert len(only.unlabeled) == 0 and len(only.unlabeled_indices) == 0 and len(only.unlabeled_poison_mask) == 0
+    assert torch.equal(only.labeled.images, poisoned_digits.labeled.images)
+    assert torch.equal(only.labeled_poison_mask, poisoned_digits.labeled_poison_mask)
+    assert len(training_images(only)) == len(poisoned_digits.labeled)
+
+
+def test_waiting_lock_waits_for_a_live_holder_then_takes_over(tmp_path):
+    """The shared SimCLR stage's lock: a second row waits while the holder lives, then proceeds."""
+    import subprocess
+    import sys
+    import time
+
+    from lightning_ssl_backdoor.errors import OutputLockedError
+    from lightning_ssl_backdoor.io_lock import lock_path, waiting_lock
+    import socket
+
+    target = tmp_path / "stage1.simclr"
+    import threading
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
+    reaper = threading.Thread(target=holder.wait)  # an exited, unreaped child would still look alive
+    reaper.start()
+    try:
+        lock_path(target).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": 0}))
+        with pytest.raises(OutputLockedError):
+            with waiting_lock(target, poll_seconds=0.05, timeout_seconds=0.2):
+                pass
+        t0 = time.monotonic()
+        with waiting_lock(target, poll_seconds=0.05) as path:
+            waited = time.monotonic() - t0
+            assert json.loads(path.read_text())["pid"] != holder.pid
+        assert waited > 0.3 and not lock_path(target).exists()
+    finally:
+        reaper.join()

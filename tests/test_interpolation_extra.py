@@ -68,3 +68,19 @@ def test_nearest_unlabeled_source_and_bad_choices(digits_split):
         InterpolationAttack(target=TARGET, source_choice="closest")
     with pytest.raises(ConfigError, match="adversarial"):
         InterpolationAttack(target=TARGET, source="adversarial", source_choice="nearest")
+
+
+def test_targets_give_each_trial_its_own_label(digits_split):
+    """``targets``: seed s attacks targets[s % len]; the poisons' source is of that class and the
+    split reports it (Carlini Table 1's (x*, y*) pairs as seeded trials)."""
+    for seed, expect in ((0, 2), (1, 5), (2, 7), (3, 2)):
+        att = InterpolationAttack(seed=seed, budget=10, targets=[2, 5, 7], progress=False)
+        assert att.target == expect and att.config()["targets"] == [2, 5, 7]
+        out = att.poison(digits_split)
+        assert out.target == expect
+        assert int(digits_split.test.targets[out.attack["info"]["target_image"]]) != expect
+        src = out.attack["info"]["source_index"]
+        assert int(digits_split.labeled.labels[src]) == expect
+    for bad in ([], [1, -1], "3", [True]):
+        with pytest.raises(ConfigError, match="targets"):
+            InterpolationAttack(targets=bad)

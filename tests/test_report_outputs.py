@@ -122,3 +122,46 @@ def test_merge_refuses_shards_of_other_configs(whole, tmp_path, capsys):
     assert "another config" in capsys.readouterr().err
     assert main(["report", "merge", str(tmp_path / "nothing"), "--output", str(tmp_path / "m")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_influence_histogram_pools_the_trials_scores(tmp_path):
+    """Carlini Fig. 7 in the report: poisons vs clean influence over every row that kept scores,
+    written as PNG and PDF; rows without scores (or whose file is gone) are skipped."""
+    import numpy as np
+
+    from lightning_ssl_backdoor.data.artifacts import save_arrays
+    from lightning_ssl_backdoor.report.figures import influence_histogram, write_figures
+
+    rng = np.random.default_rng(0)
+    rows = [{"defense": None, "defense_info": {}}, {"defense": "influence", "defense_info": {"scores_file": str(tmp_path / "gone.npz")}}]
+    assert influence_histogram(rows, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    for t in range(2):
+        poison = np.zeros(200, dtype=bool)
+        poison[:5] = True
+        scores = np.where(poison, 10 ** rng.uniform(-5, -4, 200), 10 ** rng.uniform(-2.5, -1.5, 200))
+        f = save_arrays(tmp_path / f"t{t}" / "influence_scores.npz", {"influence": scores, "poison": poison})
+        rows.append({"defense": "influence", "defense_info": {"scores_file": str(f)}})
+    out = influence_histogram(rows, tmp_path / "influence_hist.png")
+    assert out == tmp_path / "influence_hist.png" and out.stat().st_size > 5000
+    assert out.with_suffix(".pdf").read_bytes()[:4] == b"%PDF"
+    report = tmp_path / "report"
+    report.mkdir()
+    full = [{**r, "algorithm": "fixmatch", "attack": "interpolation", "seed": i, "clean_accuracy": 50.0, "asr": None}
+            for i, r in enumerate(rows[2:])]
+    assert report / "influence_hist.png" in write_figures(full, report)
+
+
+def test_targeted_trials_are_counted_as_carlini_table_1():
+    from lightning_ssl_backdoor.report.diagnostics import diagnostics_markdown
+
+    rows = [{"algorithm": "fixmatch", "attack": "interpolation", "defense": d, "seed": s, "target": s % 4,
+             "targeted_success": hit, "defense_info": info}
+            for d, info in ((None, {}), ("influence", {"auroc": 0.5, "recall": 0.25, "delta_roughness": 2.0}))
+            for s, hit in ((0, 100.0), (1, 0.0), (2, 100.0))]
+    rows.append({"algorithm": "fixmatch", "attack": None, "defense": None, "seed": 0, "targeted_success": None})
+    md = "\n".join(diagnostics_markdown(rows))
+    assert "## Targeted trials" in md
+    assert "| fixmatch | interpolation | none | 2/3 | 0:0:1 1:1:0 2:2:1 | n/a | n/a | n/a |" in md
+    assert "| fixmatch | interpolation | influence | 2/3 | 0:0:1 1:1:0 2:2:1 | 0.50 ± 0.00 | 0.25 ± 0.00 | 2.00 ± 0.00 |" in md
+    assert "| fixmatch | none |" not in md
+    assert diagnostics_markdown(rows[-1:]) == []

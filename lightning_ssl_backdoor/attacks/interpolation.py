@@ -177,7 +177,9 @@ class InterpolationAttack(Attack):
     ``support_fraction``, ``adv_steps`` (for ``source="adversarial"``), ``source_choice`` and
     ``target_choice`` (``"random"``, the paper's uniform draw, or ``"nearest"``: the class-y* source
     nearest to x* / the test image nearest to the labeled class-y* images; see the module docstring;
-    an explicit ``source_index`` / ``target_image`` wins).
+    an explicit ``source_index`` / ``target_image`` wins), ``targets`` (one y* per trial: the attack
+    with seed s uses ``targets[s % len(targets)]`` instead of ``target``, so seeds 0-7 with
+    ``targets: [0, 1, ..., 9]`` are Table 1's eight (x*, y*) pairs, each seed also drawing its x*).
     """
 
     name = "interpolation"
@@ -197,6 +199,7 @@ class InterpolationAttack(Attack):
         adv_steps: int = 255,
         source_choice: str = "random",
         target_choice: str = "random",
+        targets: Optional[list] = None,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("trigger") is not None:
@@ -213,6 +216,12 @@ class InterpolationAttack(Attack):
                               f"got {source_choice!r} / {target_choice!r}.")
         if source == "adversarial" and source_choice != "random":
             raise ConfigError("source_choice applies to source='labeled' or 'unlabeled', not 'adversarial'.")
+        if targets is not None:
+            if (not isinstance(targets, (list, tuple)) or not targets
+                    or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in targets)):
+                raise ConfigError(f"targets must be a non-empty list of class indices, got {targets!r}.")
+            self.target = int(targets[self.seed % len(targets)])
+        self.targets = None if targets is None else [int(t) for t in targets]
         self.source_choice, self.target_choice = source_choice, target_choice
         self.target_image = None if target_image is None else int(target_image)
         self.source = source

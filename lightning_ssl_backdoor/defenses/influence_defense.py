@@ -4,15 +4,19 @@ Stages, cached under ``ctx.stage_dir``:
 
 1. ``record/``: the row's algorithm trains once on the attacked split through the runner's resumable
    ``ctx.train`` while :class:`~lightning_ssl_backdoor.defenses.dynamics.TrainingDynamicsRecorder`
-   stores the softmax prediction of every unlabeled example every ``every_n_steps`` steps
-   (``record/dynamics.npz``; reused when present);
+   stores the softmax prediction of every unlabeled example every ``every_n_steps`` steps, or once
+   per epoch (``every_n_steps: epoch``: one pass over the attacked unlabeled set, ``ceil(N_u /
+   (batch_size * mu))`` steps, as Sec. 5.3 records "after every epoch"), with the EMA weights when
+   ``use_ema`` (``record/dynamics.npz``; reused when present);
 2. :func:`~lightning_ssl_backdoor.defenses.influence.influence_scores` turns the ``[K, N, C]``
    history into each example's average influence of its ``k`` nearest neighbours; the lowest
    (most suspicious) are dropped by ``drop_count``, ``drop_fraction`` or ``threshold``;
 3. the runner retrains the row's algorithm on what is kept (:meth:`DataDefense.run`).
 
 ``defense_info`` holds the detection metrics against the poison mask (AUROC, precision, recall and
-FPR of the cut), whether every poison ranks below the 5th percentile of the clean influence scores
+FPR of the cut), the scores themselves (``scores_file``: ``influence_scores.npz`` in the stage
+folder, the influence and the poison mask, which the report pools into one Fig. 7 histogram over
+every trial), whether every poison ranks below the 5th percentile of the clean influence scores
 (Sec. 5.3: "perfectly separates"), summary statistics of both groups, the recording model's test
 metrics and the path of the Fig. 7 histogram. :func:`dynamics_diagnostics` adds whether the recording
 suits the one-record lag at all (pooled roughness ``R`` of the prediction changes, with a warning above
@@ -40,7 +44,7 @@ import numpy as np
 import torch
 
 from lightning_ssl_backdoor.data import SSLSplit
-from lightning_ssl_backdoor.data.artifacts import load_arrays
+from lightning_ssl_backdoor.data.artifacts import load_arrays, save_arrays
 from lightning_ssl_backdoor.data.split import PoisonedSplit
 from lightning_ssl_backdoor.defenses.base import DataDefense, DefenseContext, register_defense
 from lightning_ssl_backdoor.defenses.dynamics import TrainingDynamicsRecorder
@@ -222,8 +226,12 @@ class InfluenceDefense(DataDefense):
     """Record training dynamics, drop the lowest-influence unlabeled examples, retrain.
 
     Args:
-        every_n_steps: recording interval of the unlabeled predictions in optimizer steps (an
-            "epoch" of Sec. 5.3; a last record is always taken when training ends).
+        every_n_steps: recording interval of the unlabeled predictions in optimizer steps, or
+            ``"epoch"``: one pass over the attacked unlabeled set, ``ceil(N_u / (batch_size * mu))``
+            steps of the row's data settings (Sec. 5.3 records after every epoch; the FixMatch code
+            Carlini used calls 1,024 steps an epoch, ~10 passes over CIFAR-10's unlabeled set at
+            batch 64 x mu 7: give ``every_n_steps: 1024`` for that reading). A last record is
+            always taken when training ends.
         k: neighbours averaged per example (the paper's 5).
         drop_count / drop_fraction / threshold: the cut, at most one (default ``drop_fraction=0.05``):
             drop that many / that fraction of the lowest-influence examples, or every example whose
@@ -241,7 +249,7 @@ class InfluenceDefense(DataDefense):
 
     def __init__(
         self,
-        every_n_steps: int = 10,
+        every_n_steps: int | str = 10,
         k: int = 5,
         drop_count: Optional[int] = None,
         drop_fraction: Optional[float] = None,
@@ -252,7 +260,8 @@ class InfluenceDefense(DataDefense):
         figure: bool = True,
         lag: int = 1,
     ) -> None:
-        self.every_n_steps = _positive_int("influence every_n_steps", every_n_steps)
+        self.every_n_steps = every_n_steps if every_n_steps == "epoch" else _positive_int(
+            "influence every_n_steps (a number of steps or 'epoch')", every_n_steps)
         self.k = _positive_int("influence k", k)
         self.record_steps = _positive_int("influence record_steps", record_steps, allow_none=True)
         _check_criterion(drop_count, drop_fraction, threshold)
@@ -265,6 +274,17 @@ class InfluenceDefense(DataDefense):
         self.lag = check_lag(lag)
 
     # ------------------------------------------------------------------ stages
+    def record_interval(self, split: SSLSplit, ctx: DefenseContext) -> int:
+        """Steps between two records: ``every_n_steps``, or for ``"epoch"`` the steps of one pass
+        over ``split``'s unlabeled set at the row's unlabeled batch (``batch_size * mu``)."""
+        if self.every_n_steps != "epoch":
+            return int(self.every_n_steps)
+        per_step = int(ctx.data.batch_size) * int(ctx.data.mu)
+        if per_step < 1:
+            raise ConfigError("influence every_n_steps: epoch needs an unlabeled batch (data.mu >= 1); "
+                              "give a number of steps instead.")
+        return max(1, math.ceil(len(split.unlabeled) / per_step))
+
     def record(self, split: SSLSplit, ctx: DefenseContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """Stage 1 (cached): train while recording; returns the ``[K, N, C]`` history and the
         recording run's result."""
@@ -275,7 +295,7 @@ class InfluenceDefense(DataDefense):
             val_check_interval=min(ctx.trainer.val_check_interval, steps),
             checkpoint_every_n_steps=min(ctx.trainer.checkpoint_every_n_steps, steps),
         )
-        recorder = TrainingDynamicsRecorder(self.every_n_steps, path, use_ema=self.use_ema)
+        recorder = TrainingDynamicsRecorder(self.record_interval(split, ctx), path, use_ema=self.use_ema)
         res = ctx.train(split, name="record", trainer=trainer, extra_callbacks=[recorder])
         if path.is_file() and path.with_suffix(".json").is_file():
             arrays, _ = load_arrays(path)
@@ -305,7 +325,8 @@ class InfluenceDefense(DataDefense):
         info.update(detection_info(det.scores, keep, poison))
         info.update(separation_stats(influence, poison, self.percentile))
         info.update(
-            k=self.k, lag=self.lag, every_n_steps=self.every_n_steps, num_records=int(history.shape[0]),
+            k=self.k, lag=self.lag, every_n_steps=self.record_interval(split, ctx), num_records=int(history.shape[0]),
+            record_every="epoch" if self.every_n_steps == "epoch" else "steps", recorded_weights="ema" if self.use_ema and rec.get("has_ema") else "raw",
             drop_count=self.drop_count, drop_fraction=self.drop_fraction, threshold=self.threshold,
             cut_influence=float(influence[~keep].max()) if bool((~keep).any()) else None,
             record={"steps": rec.get("steps"), "test": rec.get("test", {}),
@@ -316,6 +337,10 @@ class InfluenceDefense(DataDefense):
         if target is not None and bool(poison.any()):
             last = history[-1].argmax(-1)[poison]
             info["poison_target_share"] = float((last == int(target)).float().mean())
+        scores_file = Path(ctx.stage_dir) / "influence_scores.npz"
+        save_arrays(scores_file, {"influence": influence.double(), "poison": poison},
+                    {"kind": "influence_scores", "k": self.k, "lag": self.lag})
+        info["scores_file"] = str(scores_file)
         if self.figure:
             info["histogram"] = plot_influence_histogram(influence, poison, Path(ctx.stage_dir) / "influence_hist.png")
         return filter_unlabeled(split, keep), info

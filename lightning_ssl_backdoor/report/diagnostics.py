@@ -6,6 +6,10 @@
   high hijack and a low ASR got them trained but the victim did not learn the trigger.
 - **Base rate** (:mod:`lightning_ssl_backdoor.pipeline.base_rate`): each attack's trigger pasted on
   the test images of the no-attack model, so the gain of every attacked row over it can be read.
+- **Targeted trials** (Carlini 2021, Table 1): for a targeted attack each seed is one (x*, y*) trial,
+  a success when x* ends up predicted as y*; the table counts successes out of the trials (with each
+  trial's seed and y*) and, for a detector's rows, its mean AUROC and recall against the poison mask
+  and the roughness R of the recorded prediction changes (the influence defense).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def diagnostics_markdown(rows: list[dict[str, Any]]) -> list[str]:
             stats = [r.get("backdoor_stats") or {} for r in rs]
             out.append(f"| {alg} | {att or 'none'} | {dfn or 'none'} | {_ms([s.get('hijack_step0') for s in stats])} | "
                        f"{_ms([s.get('hijack') for s in stats])} |")
+    out += _targeted(rows)
     rates: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
         for label, v in (r.get("base_rates") or {}).items():
@@ -56,4 +61,25 @@ def diagnostics_markdown(rows: list[dict[str, Any]]) -> list[str]:
         for (alg, label), d in rates.items():
             out.append(f"| {alg} | {label} | {_ms([v.get('asr') for v in d['v']])} | "
                        f"{_ms([v.get('asr_conditioned') for v in d['v']])} |")
+    return out
+
+
+def _targeted(rows: list[dict[str, Any]]) -> list[str]:
+    groups = [(k, rs) for k, rs in _group(rows).items() if any(r.get("targeted_success") is not None for r in rs)]
+    if not groups:
+        return []
+    out = ["", "## Targeted trials", "",
+           "Each seed is one (x*, y*) trial, a success when x* is predicted as y* (Carlini 2021, Table 1);",
+           "trials listed as seed:y*:1 (success) or 0. AUROC, recall and R (roughness of the recorded",
+           "prediction changes, the influence defense) are the detector's, mean over the trials.", "",
+           "| algorithm | attack | defense | successes | trials | AUROC | recall | R |",
+           "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for (alg, att, dfn), rs in groups:
+        done = [r for r in rs if r.get("targeted_success") is not None]
+        wins = sum(1 for r in done if r["targeted_success"] >= 50)
+        trials = " ".join(f"{r['seed']}:{r.get('target')}:{int(r['targeted_success'] >= 50)}" for r in done)
+        info = [r.get("defense_info") or {} for r in rs]
+        out.append(f"| {alg} | {att or 'none'} | {dfn or 'none'} | {wins}/{len(done)} | {trials} | "
+                   f"{_ms([i.get('auroc') for i in info])} | {_ms([i.get('recall') for i in info])} | "
+                   f"{_ms([i.get('delta_roughness') for i in info])} |")
     return out

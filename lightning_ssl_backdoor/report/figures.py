@@ -1,5 +1,6 @@
 """Report figures (matplotlib, Agg): CA/ASR bars per row, CA and ASR over training steps,
-per-target ASR, and a grid of clean vs triggered vs poisoned examples. Each figure is written as a
+per-target ASR, a grid of clean vs triggered vs poisoned examples, and (for rows of Carlini's
+training-dynamics defense) the influence histogram of poisons vs clean images (Fig. 7). Each figure is written as a
 PNG (``DPI`` dots per inch) and as a PDF beside it (vector, for papers); every file atomically
 (temporary file, then rename) with the usual permissions (0666 less the umask)."""
 
@@ -12,9 +13,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_ssl_backdoor.data.artifacts import atomic_write  # noqa: E402
+from lightning_ssl_backdoor.data.artifacts import atomic_write, load_arrays  # noqa: E402
+from lightning_ssl_backdoor.errors import ArtifactError  # noqa: E402
+from lightning_ssl_backdoor.metrics import auroc as metric_auroc  # noqa: E402
 from lightning_ssl_backdoor.report.summary import summarize  # noqa: E402
 
 DPI = 200
@@ -154,8 +158,55 @@ def example_grid(split: Any, path: Path, n: int = 8) -> Optional[Path]:
     return save_figure(fig, path)
 
 
+def influence_histogram(rows: list[dict[str, Any]], path: Path, bins: int = 50) -> Optional[Path]:
+    """Carlini Fig. 7 over every row whose defense kept influence scores (``defense_info
+    ["scores_file"]``, :mod:`lightning_ssl_backdoor.defenses.influence_defense`): the average
+    influence of the 5 nearest neighbours of poisoned vs clean unlabeled images, pooled over the
+    rows (trials), log x axis, each group as a share of its own count (the poisons are ~1% of the
+    images), with the pooled AUROC in the title. Rows whose file is gone (results merged from
+    another machine) are skipped; ``None`` when no row has scores."""
+    clean, poison, used = [], [], 0
+    for r in rows:
+        f = (r.get("defense_info") or {}).get("scores_file")
+        if not f or not Path(f).is_file():
+            continue
+        try:
+            arrays, _ = load_arrays(f)
+        except ArtifactError:
+            continue
+        s = np.asarray(arrays["influence"], dtype=np.float64).reshape(-1)
+        m = np.asarray(arrays["poison"]).astype(bool).reshape(-1)
+        clean.append(s[~m])
+        poison.append(s[m])
+        used += 1
+    if not used:
+        return None
+    c, p = np.concatenate(clean), np.concatenate(poison)
+    auroc = ""
+    if c.size and p.size:  # low influence = suspicious: the detector's score is the negated influence
+        scores = -torch.from_numpy(np.concatenate([c, p]))
+        auroc = f", AUROC {metric_auroc(scores, torch.arange(c.size + p.size) >= c.size):.3f}"
+    both = np.concatenate([c, p])
+    floor = both[both > 0].min() if (both > 0).any() else 1e-12
+    c, p = np.maximum(c, floor), np.maximum(p, floor)
+    lo, hi = float(min(c.min(initial=np.inf), p.min(initial=np.inf))), float(max(c.max(initial=0), p.max(initial=0)))
+    edges = np.logspace(np.log10(lo), np.log10(hi if hi > lo else lo * 10), bins + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for vals, name, color in ((c, "clean", "#4C72B0"), (p, "poisoned", "#C44E52")):
+        if vals.size:
+            ax.hist(vals, bins=edges, weights=np.full(vals.size, 100.0 / vals.size), color=color, alpha=0.65,
+                    label=f"{name} (n={vals.size})")
+    ax.set_xscale("log")
+    ax.set_xlabel("average influence of the 5 nearest neighbours (low = suspicious)")
+    ax.set_ylabel("% of the group")
+    ax.set_title(f"Influence of poisoned vs clean unlabeled images ({used} run{'s' if used > 1 else ''}{auroc})",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def write_figures(rows: list[dict[str, Any]], output: Path) -> list[Path]:
     out = [bars(rows, output / "ca_asr_bars.png"), curves(rows, output / "curves.png"),
-           per_target(rows, output / "asr_per_target.png")]
+           per_target(rows, output / "asr_per_target.png"), influence_histogram(rows, output / "influence_hist.png")]
     out += sorted(output.glob("examples_*.png"))
     return [p for p in out if p is not None]

@@ -31,8 +31,20 @@ attack on the labeled pool means poisoned labels, otherwise poisoned unlabeled d
 DBD Table 23), the stage-2 model's test metrics (DBD's "SS with SCE" ablation) and each stage's
 steps, seconds and folder.
 
+Which images the defender uses (``use_unlabeled``): ``true`` (default) adds the split's unlabeled
+images to SimCLR (stage 1) and to the unlabeled side of stage 3, as an SSL training set offers them;
+``false`` uses the labeled set alone (DBD's own defender, who holds one labeled training set and
+nothing else); ``auto`` is ``false`` under ``poisoned_labels`` and ``true`` under
+``poisoned_unlabeled`` (where dropping the unlabeled set would drop the poisons, and the threat),
+so one ``dbd`` entry serves a config that mixes a supervised poison-label threat model with an SSL
+one (``configs/experiments/cifar10_dbd.yaml``).
+
+Parallel rows (``jobs`` > 1) that share one SimCLR stage take turns: the first trains it under a
+lock (``.stage1.simclr.lock`` in its folder, :func:`lightning_ssl_backdoor.io_lock.waiting_lock`), the others
+wait and then read it from the cache instead of training it twice side by side.
+
 Options: ``threat_model``, ``filter_rate`` (alpha), ``filter_per_class`` (rank within each given
-label instead of globally; see :mod:`.linear_head`), ``backbone_checkpoint``, ``share_simclr`` and
+label instead of globally; see :mod:`.linear_head`), ``use_unlabeled``, ``backbone_checkpoint``, ``share_simclr`` and
 one dict per stage:
 ``simclr`` / ``linear`` / ``finetune`` hold ``steps`` (stage 1 and 3 default: the row's
 ``trainer.max_steps``), ``batch_size`` (512 / 128 / 64), ``val_check_interval``, stage 2 also
@@ -56,11 +68,13 @@ from lightning_ssl_backdoor.defenses.dbd.finetune import DBDFineTune
 from lightning_ssl_backdoor.defenses.dbd.linear_head import LinearHead
 from lightning_ssl_backdoor.defenses.dbd.simclr import ExportModel, SimCLR
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.io_lock import waiting_lock
 from lightning_ssl_backdoor.spec import Spec, config_hash
 from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
 THREAT_MODELS = ("auto", "poisoned_labels", "poisoned_unlabeled")
+USE_UNLABELED = (True, False, "auto")
 #: the row's model settings the stages inherit (architecture and augmentation, not the optimiser)
 INHERITED_MODEL_KEYS = ("arch", "model", "model_kwargs", "channels_last", "weak_pad", "strong_n", "strong_m")
 #: per-stage keys that configure the trainer / data rather than the module
@@ -116,6 +130,7 @@ class DBD(Defense):
         threat_model: str = "auto",
         filter_rate: float = 0.5,
         filter_per_class: bool = False,
+        use_unlabeled: bool | str = True,
         backbone_checkpoint: Optional[str] = None,
         share_simclr: bool = True,
         simclr: Optional[dict] = None,
@@ -126,6 +141,9 @@ class DBD(Defense):
             raise ConfigError(f"dbd threat_model must be one of {list(THREAT_MODELS)}, got {threat_model!r}.")
         if not 0.0 < float(filter_rate) < 1.0:
             raise ConfigError(f"dbd filter_rate must be strictly between 0 and 1, got {filter_rate}.")
+        if not any(use_unlabeled is v for v in USE_UNLABELED) and use_unlabeled != "auto":
+            raise ConfigError(f"dbd use_unlabeled must be true, false or auto, got {use_unlabeled!r}.")
+        self.use_unlabeled = use_unlabeled
         self.threat_model, self.filter_rate = threat_model, float(filter_rate)
         self.filter_per_class, self.share_simclr = bool(filter_per_class), bool(share_simclr)
         self.backbone_checkpoint = backbone_checkpoint
@@ -151,6 +169,12 @@ class DBD(Defense):
             return self.threat_model
         pool = (getattr(split, "attack", None) or {}).get("pool")
         return "poisoned_unlabeled" if pool == "unlabeled" else "poisoned_labels"
+
+    def uses_unlabeled(self, threat: str) -> bool:
+        """Whether the split's unlabeled images join stages 1 and 3 (see the module docstring)."""
+        if self.use_unlabeled == "auto":
+            return threat == "poisoned_unlabeled"
+        return bool(self.use_unlabeled)
 
     def _stage_settings(self, ctx: DefenseContext, stage: str, extra_args: dict, default_steps: int):
         """(algorithm spec, model args, trainer config, data config) of one stage."""
@@ -181,16 +205,17 @@ class DBD(Defense):
             )
         return res, workdir
 
-    def simclr_backbone(self, ctx: DefenseContext) -> tuple[Path, dict[str, Any], float]:
-        """Stage 1: ``(model.pt of the SimCLR-trained Classifier, info, seconds)``, or the given
-        ``backbone_checkpoint``. Self-training with SimCLR (``defense: self_training_simclr``,
-        Pal et al. Algorithm 2) reuses this stage through a DBD instance."""
+    def simclr_backbone(self, ctx: DefenseContext, split: Optional[SSLSplit] = None) -> tuple[Path, dict[str, Any], float]:
+        """Stage 1: ``(model.pt of the SimCLR-trained Classifier, info, seconds)`` on ``split``'s
+        images (default ``ctx.split``), or the given ``backbone_checkpoint``. Self-training with
+        SimCLR (``defense: self_training_simclr``, Pal et al. Algorithm 2) reuses this stage
+        through a DBD instance. Parallel rows sharing the stage take turns on a lock."""
         if self.backbone_checkpoint:
             backbone = Path(self.backbone_checkpoint)
             if not backbone.is_file():
                 raise ConfigError(f"dbd backbone_checkpoint {backbone} does not exist.")
             return backbone, {"provided_backbone": str(backbone)}, 0.0
-        split = ctx.split
+        split = ctx.split if split is None else split
         images = training_images(split)
         s1 = SSLSplit(labeled=images, unlabeled=images.subset([]), test=split.test,
                       labeled_indices=torch.arange(len(images)), unlabeled_indices=torch.zeros(0, dtype=torch.long),
@@ -201,15 +226,16 @@ class DBD(Defense):
             key = config_hash("dbd-stage1", sha256_array(images.images.numpy()), asdict(spec), margs,
                               asdict(tcfg), asdict(dcfg), ctx.seed)
             ctx1 = replace(ctx, stage_dir=ctx.stage_dir.parent / f"dbd_simclr-{key}")
-        r1, w1 = self._stage(ctx1, "simclr", s1, {}, ctx.trainer.max_steps)
+        with waiting_lock(ctx1.stage_dir / "stage1.simclr"):  # parallel rows sharing it take turns
+            r1, w1 = self._stage(ctx1, "simclr", s1, {}, ctx.trainer.max_steps)
         info = {"steps": r1["steps"], "fit_seconds": round(r1["fit_seconds"], 1),
                 "num_images": len(images), "folder": str(w1)}
         return w1 / "model.pt", info, r1["fit_seconds"]
 
     # ----------------------------------------------------------------------- run
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
-        split = ctx.split
-        threat = self.resolve_threat_model(split)
+        threat = self.resolve_threat_model(ctx.split)
+        split = ctx.split if self.uses_unlabeled(threat) else _labeled_only(ctx.split)
         ranked = "nothing (labeled set trusted)"
         if threat == "poisoned_labels":
             ranked = "the labeled set (all of it, every epoch)"
@@ -218,9 +244,10 @@ class DBD(Defense):
             "ranked": ranked,
             "filter_rate": self.filter_rate,
             "filter_per_class": self.filter_per_class,
+            "uses_unlabeled": self.uses_unlabeled(threat),
             "replaces_algorithm": ctx.algorithm.display,
         }
-        backbone, info["stage1"], seconds = self.simclr_backbone(ctx)
+        backbone, info["stage1"], seconds = self.simclr_backbone(ctx, split)
         # stage 2: linear head on the frozen backbone
         lin_bs = int(self.options["linear"].get("batch_size", STAGES["linear"][2]))
         epochs = int(self.options["linear"].get("epochs", 10))
@@ -249,3 +276,12 @@ class DBD(Defense):
         res["fit_seconds"] = seconds
         res["defense_info"] = {**ctx.info, **info}
         return res
+
+
+def _labeled_only(split: SSLSplit) -> SSLSplit:
+    """``split`` with an empty unlabeled set (``use_unlabeled`` false: the labeled set alone)."""
+    none = torch.zeros(0, dtype=torch.long)
+    changes: dict[str, Any] = {"unlabeled": split.unlabeled.subset(none), "unlabeled_indices": none}
+    if getattr(split, "unlabeled_poison_mask", None) is not None:
+        changes["unlabeled_poison_mask"] = torch.zeros(0, dtype=torch.bool)
+    return replace(split, **changes)
