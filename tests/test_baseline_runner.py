@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lightning_ssl_backdoor.cli import main
@@ -64,9 +65,29 @@ def test_ft_spectral_and_dpsgd_lower_asr_through_the_runner(tmp_path):
     assert dp["steps"] == 150 and dp["defense_info"]["trained_on"].startswith("labeled set only")
     assert dp["asr"] < none["asr"]
 
+    # ft and spectral reuse the undefended row's training instead of each training its own copy
+    # (spectral's one training of its own is the retraining on the images it keeps)
+    trained = sorted(p.parent.relative_to(out / "cache").as_posix().split("-")[0] for p in (out / "cache").rglob("metrics.json"))
+    assert trained == ["defense", "train"]
+    assert ft["defense_info"]["before"]["asr"] == pytest.approx(none["asr"] / 100, abs=5e-5)
+    assert spectral["defense_info"]["feature_model"]["test"]["acc"] == pytest.approx(none["clean_accuracy"] / 100, abs=5e-5)
+
+
+def test_parallel_rows_share_the_undefended_training(tmp_path):
+    """jobs 2: the ft row and the undefended row start together; one trains the shared folder, the
+    other waits for it and finds it cached (one training, not two)."""
+    setting = {**SETTING, "jobs": 2, "threads": 1, "defenses": [None, SETTING["defenses"][1]]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(setting))
+    out = tmp_path / "run"
+    assert main(["experiment", "-c", str(path), "--output", str(out), "--no_progress", "true"]) == 0
+    rows = {r["defense"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    trained = [p.parent for p in (out / "cache").rglob("metrics.json")]
+    assert len(trained) == 1 and trained[0].name.startswith("train-")
+    assert rows["ft"]["defense_info"]["before"]["asr"] == pytest.approx(rows[None]["asr"] / 100, abs=5e-5)
+
 
 # ------------------------------------------------------------------ the pieces the wiring adds
-import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_ssl_backdoor.data import ImageSet  # noqa: E402

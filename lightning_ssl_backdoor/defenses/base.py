@@ -15,6 +15,9 @@ that determines the stage, and the runner's calls. Defenses never import the run
 
 - ``ctx.train(split, name=..., algorithm=..., ...)``: the runner's cached, resumable training of one
   model in ``stage_dir / name`` (``train_fn``, mandatory);
+- ``ctx.train_undefended()``: the row's own training with no defense, weights kept, in the runner's
+  folder for the undefended row (``undefended_dir``) so that row and every repair or detector of it
+  share one training instead of each training its own copy;
 - ``ctx.load_model(result)``: the trained classifier(s) of a ``ctx.train(..., save_model=True)``
   result as a :class:`TrainedModel` (raw weights, and the EMA copy where the algorithm keeps one);
 - ``ctx.evaluate(model)``: the runner's test metrics of any classifier ``nn.Module`` on the row's
@@ -98,7 +101,8 @@ class DefenseContext:
     ``train_fn`` has the signature of the runner's ``train_row(split, algorithm, model_args, data,
     trainer, seed, workdir, enable_progress_bar=..., extra_callbacks=..., save_model=...)``;
     ``load_fn(result, ctx)`` and ``evaluate_fn(model, ctx)`` back :meth:`load_model` and
-    :meth:`evaluate`.
+    :meth:`evaluate`. ``undefended_dir``: where the runner trains this row without a defense
+    (``cache/train-<key>``), shared through :meth:`train_undefended`.
     """
 
     split: SSLSplit
@@ -113,6 +117,7 @@ class DefenseContext:
     evaluate_fn: Optional[Callable[[nn.Module, "DefenseContext"], dict]] = None
     progress: bool = True
     info: dict = field(default_factory=dict)
+    undefended_dir: Optional[Path] = None
 
     def train(
         self,
@@ -140,6 +145,22 @@ class DefenseContext:
             extra_callbacks=extra_callbacks,
             **extra,
         )
+
+    def train_undefended(self, name: str = "train") -> dict[str, Any]:
+        """The row trained as if undefended (``self.algorithm`` on ``self.split``, the row's
+        settings), with its weights kept for :meth:`load_model`.
+
+        Trained in ``undefended_dir`` when the runner gives one, so the undefended row and every
+        model repair or detector of it (which would train the very same model) share one training
+        (the runner's ``train_fn`` makes parallel rows wanting it take turns). A result cached there
+        without weights (an older run), or no ``undefended_dir``, trains in ``stage_dir / name``."""
+        if self.undefended_dir is not None:
+            res = self.train_fn(self.split, self.algorithm, self.model_args, self.data, self.trainer, self.seed,
+                                Path(self.undefended_dir), enable_progress_bar=self.progress, extra_callbacks=None,
+                                save_model=True)
+            if res.get("model_path") and Path(res["model_path"]).is_file():
+                return res
+        return self.train(self.split, name=name, save_model=True)
 
     def load_model(self, result: dict[str, Any]) -> TrainedModel:
         """The trained classifier(s) of a :meth:`train` result made with ``save_model=True``."""
@@ -188,7 +209,8 @@ class DataDefense(Defense):
 class ModelDefense(Defense):
     """Repair the trained model: train the row as usual, ``repair`` it, evaluate the result.
 
-    :meth:`run` trains the row's algorithm (cached in ``stage_dir / "train"``), loads the weights
+    :meth:`run` trains the row's algorithm (:meth:`DefenseContext.train_undefended`: the undefended
+    row's cached training, shared by every repair of it), loads the weights
     the runner would report (EMA where there is one), calls ``repair(model, ctx)`` on a copy it
     owns, and evaluates the returned module with ``ctx.evaluate``. The row reports the repaired
     model's metrics (``has_ema`` False: one model is evaluated); ``defense_info`` adds
@@ -201,7 +223,9 @@ class ModelDefense(Defense):
         raise NotImplementedError
 
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
-        trained = ctx.train(ctx.split, algorithm=self.algorithm(ctx), save_model=True)
+        algorithm = self.algorithm(ctx)
+        trained = (ctx.train_undefended() if algorithm == ctx.algorithm
+                   else ctx.train(ctx.split, algorithm=algorithm, save_model=True))
         done = ctx.stage_dir / "repaired.json"
         if done.is_file():
             return json.loads(done.read_text())

@@ -26,10 +26,13 @@ def defense_context(
     stage_dir: Path,
     progress: bool = True,
     trainer_fn: Optional[Callable[..., dict]] = None,
+    undefended_dir: Optional[Path] = None,
 ) -> DefenseContext:
-    """The context the runner hands a defense (``trainer_fn`` replaces ``train_row``, for tests)."""
+    """The context the runner hands a defense (``trainer_fn`` replaces ``train_row``, for tests;
+    ``undefended_dir``: the undefended row's training folder, shared by its model repairs)."""
     return DefenseContext(
         split=split, seed=seed, algorithm=algorithm, model_args=model_args, data=data, trainer=trainer,
         stage_dir=Path(stage_dir), progress=progress, train_fn=trainer_fn or train_row,
         load_fn=load_trained, evaluate_fn=evaluate_model,
+        undefended_dir=None if undefended_dir is None else Path(undefended_dir),
     )

@@ -9,6 +9,7 @@ independent, so several processes or GPUs can take rows of one grid in parallel 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -28,7 +29,7 @@ from lightning_ssl_backdoor.data.readers import load_dataset
 from lightning_ssl_backdoor.data.subset import subset_split
 from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.io_lock import locked_output
+from lightning_ssl_backdoor.io_lock import locked_output, waiting_lock
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
 from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
 from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
@@ -154,17 +155,22 @@ class Runner:
     def run_row(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> dict[str, Any]:
         split, akey = self.attacked_split(seed, attack)
         model_args = self.model_args(seed)
-        tkey = config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
-                           asdict(self.cfg.trainer), seed, None if defense is None else asdict(defense))
+        def train_key(d: Optional[Spec]) -> str:
+            return config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
+                               asdict(self.cfg.trainer), seed, None if d is None else asdict(d))
+
+        tkey = train_key(defense)
         if defense is not None:
             run = self.tensorboard_run(algorithm, attack, defense, seed)
 
             def train_named(*args, **kwargs):  # each model a defense trains: a run under the row's name
-                stage = Path(args[6] if len(args) > 6 else kwargs["workdir"]).name
-                return train_row(*args, **kwargs, tensorboard=(run[0], f"{run[1]}/{stage}"))
+                workdir = Path(args[6] if len(args) > 6 else kwargs["workdir"])
+                with self.training_lock(workdir):
+                    return train_row(*args, **kwargs, tensorboard=(run[0], f"{run[1]}/{workdir.name}"))
 
             ctx = defense_context(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
-                                  self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named)
+                                  self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named,
+                                  undefended_dir=self.cache / f"train-{train_key(None)}")
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"
@@ -172,15 +178,22 @@ class Runner:
         if self.cfg.dynamics_every:
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
         clean_row = attack is None and any(a is not None for a in self.cfg.attacks)
-        res = train_row(
-            split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,
-            workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
-            tensorboard=self.tensorboard_run(algorithm, attack, defense, seed), save_model=clean_row,
-        )
+        with self.training_lock(workdir):  # a model repair of this row may be training it in another worker
+            res = train_row(
+                split, algorithm, model_args, self.cfg.data, self.cfg.trainer, seed,
+                workdir, enable_progress_bar=self.progress, extra_callbacks=callbacks,
+                tensorboard=self.tensorboard_run(algorithm, attack, defense, seed), save_model=True,
+            )
         row = self.make_row(algorithm, attack, defense, seed, split, res, {}, tkey)
         if clean_row and res.get("model_path"):
             row["base_rates"] = self.base_rates(split, seed, algorithm, model_args, res, workdir)
         return row
+
+    def training_lock(self, workdir: Path):
+        """One trainer at a time in ``workdir`` when rows train side by side (``jobs`` > 1): the
+        undefended row and its model repairs share one training folder, and the later worker waits
+        for it and finds it cached. One process (DDP included, which needs ``jobs: 1``) takes no lock."""
+        return waiting_lock(workdir) if self.cfg.jobs > 1 else contextlib.nullcontext()
 
     def base_rates(self, split, seed, algorithm, model_args, res, workdir) -> dict[str, Any]:
         """Each attack's trigger on the no-attack model (:mod:`lightning_ssl_backdoor.pipeline.base_rate`)."""

@@ -70,14 +70,19 @@ class FeatureDetector(DataDefense):
         raise NotImplementedError
 
     def feature_model(self, split: SSLSplit, ctx: DefenseContext) -> tuple[nn.Module, dict[str, Any]]:
-        """The row's algorithm trained on the attacked ``split`` (cached in ``stage_dir/detector``)."""
+        """The row's algorithm trained on the attacked ``split``: the undefended row's own training
+        when nothing differs from it (:meth:`DefenseContext.train_undefended`), else cached in
+        ``stage_dir/detector``."""
         steps = self.feature_steps or ctx.trainer.max_steps
         trainer = ctx.with_trainer(
             max_steps=steps,
             val_check_interval=min(ctx.trainer.val_check_interval, steps),
             checkpoint_every_n_steps=min(ctx.trainer.checkpoint_every_n_steps, steps),
         )
-        res = ctx.train(split, name="detector", trainer=trainer, save_model=True)
+        if split is ctx.split and steps == ctx.trainer.max_steps:  # the undefended row's model: share its training
+            res = ctx.train_undefended(name="detector")
+        else:
+            res = ctx.train(split, name="detector", trainer=trainer, save_model=True)
         models = ctx.load_model(res)
         use_ema = self.use_ema and models.ema is not None
         model = models.ema if use_ema else models.raw
