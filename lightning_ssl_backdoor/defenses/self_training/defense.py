@@ -115,10 +115,14 @@ class SelfTrainingDefense(Defense):
 
     def train_teacher(self, ctx: DefenseContext) -> tuple[torch.nn.Module, dict[str, Any]]:
         """Algorithm 1's input, "a model trained on D_L": ``supervised`` on the labeled set (the
-        row's own spec when the row is supervised), through the runner's cached training."""
+        row's own spec when the row is supervised, and then the undefended row's very training,
+        shared through ``ctx.train_undefended``), through the runner's cached training."""
         algorithm = ctx.algorithm if ctx.algorithm.name == "supervised" else Spec("supervised")
-        trainer = ctx.with_trainer(max_steps=self.teacher_steps) if self.teacher_steps else ctx.trainer
-        res = ctx.train(ctx.split, name="teacher", algorithm=algorithm, trainer=trainer, save_model=True)
+        if algorithm == ctx.algorithm and not self.teacher_steps:  # the undefended row's model: share it
+            res = ctx.train_undefended(name="teacher")
+        else:
+            trainer = ctx.with_trainer(max_steps=self.teacher_steps) if self.teacher_steps else ctx.trainer
+            res = ctx.train(ctx.split, name="teacher", algorithm=algorithm, trainer=trainer, save_model=True)
         teacher = replace(ctx, algorithm=algorithm).load_model(res).evaluated
         return teacher, {"test": res["test"], "steps": res["steps"], "fit_seconds": round(res["fit_seconds"], 1)}
 
