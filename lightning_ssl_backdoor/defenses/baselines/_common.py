@@ -37,6 +37,25 @@ __all__ = [
 ]
 
 
+class BehindTransform(nn.Module):
+    """``model(transform(x))``: a deployed model with a test-time input transform in front of it,
+    ``features`` included (ShrinkPad, Pal et al.'s strong augmentation). Subclasses may override
+    :meth:`prepare` (e.g. to pass a generator)."""
+
+    def __init__(self, model: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.transform = model, transform
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(self.prepare(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.prepare(x))
+
+
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels to float ``[0, 1]``; float input is returned as float32 unchanged."""
     if images.dtype == torch.uint8:

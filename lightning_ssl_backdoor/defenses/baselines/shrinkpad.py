@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
+from lightning_ssl_backdoor.defenses.baselines._common import BehindTransform
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = ["ShrinkPad", "ShrinkPadModel", "ShrinkPadTransform", "shrink_pad"]
@@ -70,18 +71,11 @@ class ShrinkPadTransform(nn.Module):
         return shrink_pad(x.cpu(), self.shrink, self.position, self.generator).to(x.device)
 
 
-class ShrinkPadModel(nn.Module):
+class ShrinkPadModel(BehindTransform):
     """``model(shrink_pad(x))``: the deployed model with the transform in front (``features`` too)."""
 
     def __init__(self, model: nn.Module, transform: ShrinkPadTransform) -> None:
-        super().__init__()
-        self.model, self.transform = model, transform
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(self.transform(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.transform(x))
+        super().__init__(model, transform)
 
 
 @register_defense

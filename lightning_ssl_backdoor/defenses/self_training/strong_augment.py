@@ -19,26 +19,20 @@ from torch import nn
 
 from lightning_ssl_backdoor.augment import CropScaleVFlip
 from lightning_ssl_backdoor.defenses.base import ModelDefense, register_defense
+from lightning_ssl_backdoor.defenses.baselines._common import BehindTransform
 
 __all__ = ["StrongAugment", "StrongAugmentModel"]
 
 
-class StrongAugmentModel(nn.Module):
+class StrongAugmentModel(BehindTransform):
     """``model(T(x))`` with T = RCS<scale> + VFlip, drawn per image from a seeded CPU generator."""
 
     def __init__(self, model: nn.Module, transform: CropScaleVFlip, seed: int = 0) -> None:
-        super().__init__()
-        self.model, self.transform = model, transform
+        super().__init__(model, transform)
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def _t(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x, generator=self.generator)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(self._t(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self._t(x))
 
 
 @register_defense
