@@ -101,3 +101,42 @@ def test_bad_switches_are_one_sentence(options, match):
     with pytest.raises(ConfigError, match=match) as e:
         build_defense(Spec("invalidator", options))
     assert str(e.value).endswith(".") and str(e.value).count(". ") == 0
+
+
+def test_bi_and_bi_test_filter_share_one_training_through_the_runner(tmp_path):
+    """``filter_triggered_test`` is a test-time choice: the two rows train once (a shared folder
+    beside the undefended row's) and differ only in how the triggered test images are made; the
+    clean accuracy is the same blurred-input model's, to the digit."""
+    import json
+
+    from lightning_ssl_backdoor.cli import main
+
+    setting = {
+        "name": "bi-share", "seeds": [0],
+        "data": {"dataset": "digits", "image_size": 8, "labels_per_class": 10, "num_unlabeled": 40,
+                 "batch_size": 8, "mu": 1, "eval_batch_size": 500},
+        "model": {"arch": "tiny_cnn", "weak_pad": 1, "model_kwargs": {"width": 4}, "ema_decay": 0.9, "lr": 0.05},
+        "trainer": {"max_steps": 12, "val_check_interval": 1000, "checkpoint_every_n_steps": 1000, "accelerator": "cpu"},
+        "algorithms": ["fixmatch"],
+        "attacks": [{"name": "badnets", "init_args": {"target": 0, "budget_rate": 0.1,
+                                                      "trigger": {"name": "badnets", "size": 2, "color": "white"}}}],
+        "defenses": [{"name": "invalidator", "label": label, "init_args": {**ABLATIONS[label], "stage_one_steps": 4}}
+                     for label in ("bi", "bi-test-filter")],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(setting))
+    out = tmp_path / "run"
+    assert main(["experiment", "-c", str(path), "--output", str(out), "--no_progress", "true"]) == 0
+    rows = {r["defense"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    trained = [p.parent.name for p in (out / "cache").rglob("metrics.json")]
+    assert len(trained) == 1 and trained[0].startswith("invalidator-"), trained
+    a, b = rows["bi"], rows["bi-test-filter"]
+    assert a["defense_info"]["training"] == b["defense_info"]["training"] == trained[0]
+    assert a["clean_accuracy"] == pytest.approx(b["clean_accuracy"], abs=1e-6)
+    assert b["defense_info"]["options"]["filter_triggered_test"] is True
+
+
+def test_the_test_time_blur_is_the_training_filter():
+    m = _module()
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(bi._Blur(1.0)(x), m.filter_images(x))

@@ -327,7 +327,8 @@ def test_defense_run_trains_with_bi_and_reports_the_transition_matrix(tmp_path, 
     assert T.shape == (10, 10) and torch.all(T.diagonal() == 0)
     assert not torch.allclose(T, initial_transition(10), atol=1e-3)  # estimated during stage one
     assert res["defense_info"]["options"]["stage_one_steps"] == 2
-    loaded = bi.InvalidatedFixMatch.load_from_checkpoint(tmp_path / "train/checkpoints/last.ckpt", map_location="cpu")
+    last = tmp_path / res["defense_info"]["training"] / "checkpoints/last.ckpt"
+    loaded = bi.InvalidatedFixMatch.load_from_checkpoint(last, map_location="cpu")
     assert loaded.hparams.stage_one_steps == 2 and loaded.hparams.threshold == 0.0
     assert torch.allclose(loaded.bi_transition.double(), T.double(), atol=1e-4)
 

@@ -50,7 +50,7 @@ from torch import nn
 from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.errors import ConfigError
-from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig, config_hash
 
 #: name -> class of every registered defense (filled by :func:`register_defense` on import)
 DEFENSES: dict[str, type["Defense"]] = {}
@@ -129,9 +129,11 @@ class DefenseContext:
         data: Optional[DataConfig] = None,
         extra_callbacks: Optional[list] = None,
         save_model: bool = False,
+        workdir: Optional[Path] = None,
     ) -> dict[str, Any]:
-        """Train (or reuse the cached result of) one model in ``stage_dir / name``; with
-        ``save_model`` its final weights are kept for :meth:`load_model`."""
+        """Train (or reuse the cached result of) one model in ``stage_dir / name`` (or ``workdir``,
+        e.g. a :meth:`shared_dir`); with ``save_model`` its final weights are kept for
+        :meth:`load_model`."""
         extra = {"save_model": True} if save_model else {}
         return self.train_fn(
             split,
@@ -140,7 +142,7 @@ class DefenseContext:
             data or self.data,
             trainer or self.trainer,
             self.seed,
-            self.stage_dir / name,
+            Path(workdir) if workdir is not None else self.stage_dir / name,
             enable_progress_bar=self.progress,
             extra_callbacks=extra_callbacks,
             **extra,
@@ -161,6 +163,16 @@ class DefenseContext:
             if res.get("model_path") and Path(res["model_path"]).is_file():
                 return res
         return self.train(self.split, name=name, save_model=True)
+
+    def shared_dir(self, tag: str, payload: Any) -> Path:
+        """A training folder shared by every row of this split, seed and settings whose defense
+        trains the same model (``payload``: what determines that model besides the row), e.g. two
+        rows that differ only in how the trained model is tested. Beside the runner's undefended
+        folder when there is one, else ``stage_dir / tag`` (not shared)."""
+        if self.undefended_dir is None:
+            return self.stage_dir / tag
+        key = config_hash(Path(self.undefended_dir).name, tag, payload)
+        return Path(self.undefended_dir).parent / f"{tag}-{key}"
 
     def load_model(self, result: dict[str, Any]) -> TrainedModel:
         """The trained classifier(s) of a :meth:`train` result made with ``save_model=True``."""

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from lightning_ssl_backdoor.augment.gaussian import GaussianFilter
 from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
+from lightning_ssl_backdoor.defenses.baselines._common import BehindTransform
 from lightning_ssl_backdoor.defenses.invalidator_core import (
     OPTION_NAMES,
     check_options,
@@ -116,7 +117,7 @@ class InvalidatorMixin:
 
     def filter_images(self, x: torch.Tensor) -> torch.Tensor:
         """Blur float [0, 1] images and quantise to 8 bits (as the stored / Pillow images are)."""
-        return (self.gaussian(x.float()).clamp(0.0, 1.0) * 255.0).round() / 255.0
+        return _blur_quantised(self.gaussian, x)
 
     def _filter_raw(self, x: torch.Tensor) -> torch.Tensor:
         """The same on a raw 0-255 batch (uint8 in, uint8 out), before any augmentation."""
@@ -368,13 +369,52 @@ class Invalidator(Defense):
         return Spec(f"{cls.__module__}.{cls.__name__}", init_args, ctx.algorithm.label)
 
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
-        res = super().run(ctx)
-        info = dict(res.get("defense_info", {}))
-        info["options"] = check_options(**self.options)
-        last = Path(ctx.stage_dir) / "train" / "checkpoints" / "last.ckpt"
-        if info["options"]["use_complementary"] and last.is_file():
+        """Train the row with BI, in a folder shared by the rows whose options differ only in
+        ``filter_triggered_test`` (a test-time choice: ``bi`` and ``bi-test-filter`` are one
+        training), and test it as this row's ``filter_triggered_test`` says."""
+        opts = check_options(**self.options)
+        trained_opts = {**opts, "filter_triggered_test": False}
+        algorithm = self.algorithm(ctx)
+        algorithm = Spec(algorithm.name, {**algorithm.init_args, "filter_triggered_test": False}, algorithm.label)
+        workdir = ctx.shared_dir("invalidator", {"algorithm": algorithm.name, "options": trained_opts})
+        res = dict(ctx.train(ctx.split, algorithm=algorithm, save_model=True, workdir=workdir))
+        if opts["use_filter"] and opts["filter_triggered_test"]:
+            res["test"] = self._test_filtered(res, ctx, opts["filter_radius"])
+        info = dict(ctx.info)
+        info["options"] = opts
+        info["training"] = Path(workdir).name
+        last = Path(workdir) / "checkpoints" / "last.ckpt"
+        if opts["use_complementary"] and last.is_file():
             state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
             if "bi_transition" in state:
                 info["transition_matrix"] = [[round(v, 4) for v in r] for r in state["bi_transition"].tolist()]
         res["defense_info"] = info
         return res
+
+    @staticmethod
+    def _test_filtered(res: dict[str, Any], ctx: DefenseContext, radius: float) -> dict[str, float]:
+        """``filter_triggered_test=True``: the trained model behind the blur on every test input,
+        triggered ones included (raw weights and, where kept, the ``_ema`` twin)."""
+        blur = _Blur(radius)
+        models = ctx.load_model(res)
+        test: dict[str, float] = {}
+        for suffix, model in (("", models.raw), ("_ema", models.ema)):
+            if model is not None:
+                test.update({k + suffix: v for k, v in ctx.evaluate(BehindTransform(model, blur)).items()})
+        return test
+
+
+class _Blur(torch.nn.Module):
+    """BI's test-time filter on float ``[0, 1]`` images: the Gaussian blur, re-quantised to 8 bits
+    (:meth:`InvalidatorMixin.filter_images`)."""
+
+    def __init__(self, radius: float) -> None:
+        super().__init__()
+        self.gaussian = GaussianFilter(radius)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _blur_quantised(self.gaussian, x)
+
+
+def _blur_quantised(gaussian: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return (gaussian(x.float()).clamp(0.0, 1.0) * 255.0).round() / 255.0
