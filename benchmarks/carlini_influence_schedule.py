@@ -71,11 +71,9 @@ def score(history, poison, k: int, drop_fraction: float) -> dict[str, Any]:
 
 
 def record_one(run: str, config: str, steps: int, seed: int, data_root: Optional[str]) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    from lightning_ssl_backdoor.data.artifacts import load_arrays
     from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
     from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
     from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict
@@ -89,9 +87,7 @@ def record_one(run: str, config: str, steps: int, seed: int, data_root: Optional
                           progress=False)
     keys = ("every_n_steps", "k", "use_ema")
     defense = InfluenceDefense(**{k: v for k, v in record.items() if k in keys}, figure=False)
-    _, res = defense.record(split, ctx)
-    arrays, _ = load_arrays(stage / "record" / "dynamics.npz")
-    history = torch.from_numpy(np.asarray(arrays["history"], dtype=np.float32))
+    history, res = defense.record(split, ctx)  # [K, N, C], float
     poison = split.unlabeled_poison_mask.bool()
     test = res.get("test", {})
     k, drop = int(record.get("k", 5)), float(record.get("drop_fraction", 0.05))
