@@ -44,6 +44,7 @@ def _common(cfg: dict, root: Path, labeled_everything: bool = False) -> dict:
         cfg["surrogate"].update(steps=2, batch_size=4)
     cfg.update(seeds=[0], jobs=1)
     for d in cfg["defenses"]:
+        d = d if isinstance(d, dict) else None  # null or a bare name: nothing to shrink
         args = (d or {}).get("init_args", {})
         if d and d["name"] == "dbd":
             args.update(simclr={**args["simclr"], "steps": 2, "batch_size": 16},
@@ -112,8 +113,11 @@ def test_carlini_configs_run_every_stage(tmp_path, packed_cifar, name):  # noqa:
         cfg["trainer"].update(max_steps=3, val_check_interval=3)
         cfg["defenses"][2]["init_args"]["every_n_steps"] = 1
     rows, out = _run(cfg, tmp_path)
-    assert {(r["attack"], r["defense"]) for r in rows} == {("interpolation", d) for d in (None, "clustering", "influence")}
-    assert len(rows) == 3 * len(cfg["seeds"]) and all(r["targeted_success"] in (0.0, 100.0) for r in rows)
+    defenses = (None, "clustering", "influence", "oracle_removal")
+    assert {(r["attack"], r["defense"]) for r in rows} == {("interpolation", d) for d in defenses}
+    assert len(rows) == 4 * len(cfg["seeds"]) and all(r["targeted_success"] in (0.0, 100.0) for r in rows)
+    for r in (r for r in rows if r["defense"] == "oracle_removal"):  # the reference keeps no poison
+        assert r["defense_info"]["removed_unlabeled"] == 4 and r["defense_info"]["removed_labeled"] == 0
     targets = cfg["attacks"][0]["init_args"]["targets"]
     assert {r["seed"]: r["target"] for r in rows} == {s: targets[s] for s in cfg["seeds"]}
     for r in (r for r in rows if r["defense"] == "influence"):

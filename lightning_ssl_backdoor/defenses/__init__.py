@@ -34,6 +34,7 @@ from lightning_ssl_backdoor.defenses.influence import (
 from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
 from lightning_ssl_backdoor.defenses.invalidator import Invalidator
 from lightning_ssl_backdoor.defenses.knn import chunked_knn, mean_knn_sqdist, pair_dots
+from lightning_ssl_backdoor.defenses.oracle import OracleRemoval
 from lightning_ssl_backdoor.defenses.self_training import (  # registers self_training, self_training_simclr, strong_augment
     SelfTrainingDefense,
     SelfTrainingSimCLR,
@@ -53,6 +54,7 @@ __all__ = [
     "InfluenceDefense",
     "Invalidator",
     "ModelDefense",
+    "OracleRemoval",
     "SelfTrainingDefense",
     "SelfTrainingSimCLR",
     "StrongAugment",

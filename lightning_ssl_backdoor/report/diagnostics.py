@@ -9,7 +9,9 @@
 - **Targeted trials** (Carlini 2021, Table 1): for a targeted attack each seed is one (x*, y*) trial,
   a success when x* ends up predicted as y*; the table counts successes out of the trials (with each
   trial's seed and y*) and, for a detector's rows, its mean AUROC and recall against the poison mask
-  and the roughness R of the recorded prediction changes (the influence defense).
+  and the roughness R of the recorded prediction changes (the influence defense). When the grid has
+  an ``oracle_removal`` row (the same split with every poison removed), trials whose x* that row
+  already predicts as y* are marked vacuous and the genuine successes are counted without them.
 """
 
 from __future__ import annotations
@@ -64,22 +66,43 @@ def diagnostics_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+REFERENCE = "oracle_removal"  # the no-poison reference row (defenses/oracle.py)
+
+
 def _targeted(rows: list[dict[str, Any]]) -> list[str]:
     groups = [(k, rs) for k, rs in _group(rows).items() if any(r.get("targeted_success") is not None for r in rs)]
     if not groups:
         return []
+    # seeds whose x* the victim trained WITHOUT the poisons already predicts as y*, per (algorithm, attack)
+    vacuous: dict[tuple, set] = {}
+    for (alg, att, dfn), rs in groups:
+        if dfn == REFERENCE:
+            vacuous[(alg, att)] = {r["seed"] for r in rs if (r.get("targeted_success") or 0) >= 50}
     out = ["", "## Targeted trials", "",
            "Each seed is one (x*, y*) trial, a success when x* is predicted as y* (Carlini 2021, Table 1);",
            "trials listed as seed:y*:1 (success) or 0. AUROC, recall and R (roughness of the recorded",
-           "prediction changes, the influence defense) are the detector's, mean over the trials.", "",
-           "| algorithm | attack | defense | successes | trials | AUROC | recall | R |",
-           "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+           "prediction changes, the influence defense) are the detector's, mean over the trials."]
+    if vacuous:
+        out += [f"Vacuous: trials whose x* the `{REFERENCE}` row (same split, every poison removed) already",
+                "predicts as y*; genuine: the successes among the other trials."]
+    out += ["", "| algorithm | attack | defense | successes | trials | AUROC | recall | R |"
+            + (" vacuous | genuine |" if vacuous else ""),
+            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |" + (" --- | ---: |" if vacuous else "")]
     for (alg, att, dfn), rs in groups:
         done = [r for r in rs if r.get("targeted_success") is not None]
         wins = sum(1 for r in done if r["targeted_success"] >= 50)
         trials = " ".join(f"{r['seed']}:{r.get('target')}:{int(r['targeted_success'] >= 50)}" for r in done)
         info = [r.get("defense_info") or {} for r in rs]
-        out.append(f"| {alg} | {att or 'none'} | {dfn or 'none'} | {wins}/{len(done)} | {trials} | "
-                   f"{_ms([i.get('auroc') for i in info])} | {_ms([i.get('recall') for i in info])} | "
-                   f"{_ms([i.get('delta_roughness') for i in info])} |")
+        line = (f"| {alg} | {att or 'none'} | {dfn or 'none'} | {wins}/{len(done)} | {trials} | "
+                f"{_ms([i.get('auroc') for i in info])} | {_ms([i.get('recall') for i in info])} | "
+                f"{_ms([i.get('delta_roughness') for i in info])} |")
+        if vacuous:
+            ref = vacuous.get((alg, att))
+            if ref is None:
+                line += " n/a | n/a |"
+            else:
+                real = [r for r in done if r["seed"] not in ref]
+                real_wins = sum(1 for r in real if r["targeted_success"] >= 50)
+                line += f" {' '.join(str(x) for x in sorted(ref)) or '–'} | {real_wins}/{len(real)} |"
+        out.append(line)
     return out
