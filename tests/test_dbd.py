@@ -112,6 +112,8 @@ def test_bad_configs_raise_config_errors():
         DBDFineTune(filter_rate=0.0, **TINY_MODEL)
     with pytest.raises(ConfigError, match="unlabeled_ratio"):
         DBDFineTune(unlabeled_ratio=0, **TINY_MODEL)
+    with pytest.raises(ConfigError, match="optimizer"):
+        DBDFineTune(optimizer="rmsprop", **TINY_MODEL)
     with pytest.raises(ConfigError, match="threat_model"):
         DBD(threat_model="labels")
     with pytest.raises(ConfigError, match="filter_rate"):
@@ -127,6 +129,17 @@ def test_bad_configs_raise_config_errors():
     with pytest.raises(ConfigError, match="does not exist"):
         load_backbone_state("/nonexistent/backbone.pt")
     assert defense_class("dbd") is DBD
+
+
+def test_finetune_optimizer_is_adam_by_default_or_the_zoos_sgd():
+    adam = DBDFineTune(**TINY_MODEL).configure_optimizers()
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 0.002
+    sgd = DBDFineTune(optimizer="sgd", lr=0.03, weight_decay=5e-4, **TINY_MODEL).configure_optimizers()
+    opt = sgd["optimizer"]
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.03 and opt.defaults["momentum"] == 0.9
+    decays = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert decays == [0.0, 5e-4]  # BatchNorm and biases undecayed, as the zoo's supervised rows
+    assert sgd["lr_scheduler"]["interval"] == "step"
 
 
 # ----------------------------------------------------------------------------------- SimCLR module

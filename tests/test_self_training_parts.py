@@ -83,6 +83,28 @@ def test_teacher_sees_every_labeled_image_flipped_and_unlabeled_as_is():
     assert not model.seen and pool["pred"].tolist() == [1] * len(lab) + [0] * len(unl)
 
 
+def test_ema_weights_label_and_are_returned_when_set(monkeypatch):
+    """``module.ema_decay``: the EMA weights (warm-started from the teacher) label every round and
+    the final model returned is the EMA of the one trained from scratch, never the raw weights."""
+    cfg = SelfTrainingConfig(rounds=2, fraction=0.5, round_steps=2, final_steps=2, batch_size=4, eval_batch_size=8,
+                             module={"arch": "tiny_cnn", "model_kwargs": {"width": 4}, "ema_decay": 0.5},
+                             accelerator="cpu")
+    st = SelfTraining(_split(8, 8), cfg)
+    made, labellers = [], []
+    new_module, predict = st.new_module, st.predict
+    monkeypatch.setattr(st, "new_module", lambda: made.append(new_module()) or made[-1])
+    monkeypatch.setattr(st, "predict", lambda m, *a: labellers.append(m) or predict(m, *a))
+    teacher = new_module().model
+    res = st.run(teacher=teacher)
+    rounds_module, final_module = made
+    assert rounds_module.ema_model is not None and res.model is final_module.ema_model
+    assert res.model is not final_module.model
+    assert all(m is rounds_module.ema_model or m is final_module.ema_model for m in labellers)
+    assert st.weights(rounds_module) is rounds_module.ema_model
+    plain = SelfTraining(_split(), SelfTrainingConfig(module={"ema_decay": None})).new_module()
+    assert plain.ema_model is None and st.weights(plain) is plain.model
+
+
 # ------------------------------------------------------------------------------------ k-means
 def _brute_force_inertia(x: torch.Tensor, k: int) -> float:
     best = float("inf")
@@ -157,6 +179,8 @@ def test_bad_options_are_one_sentence():
     for spec, match in [(Spec("self_training", {"rounds": 0}), "rounds"),
                         (Spec("self_training", {"vflip_prob": 2}), "vflip_prob"),
                         (Spec("self_training", {"round_steps": 0}), "round_steps"),
+                        (Spec("self_training", {"ema_decay": 1.5}), "ema_decay"),
+                        (Spec("self_training", {"ema_decay": "last"}), "ema_decay"),
                         (Spec("self_training_simclr", {"assignment": "greedy"}), "assignment"),
                         (Spec("self_training_simclr", {"pseudo_label": "labeled"}), "pseudo_label"),
                         (Spec("strong_augment", {"crop_scale": 0}), "crop scale")]:

@@ -48,6 +48,9 @@ class DBDFineTune(MixMatch):
         rank_loss: ``sce`` (``sce_alpha`` 0.1, ``sce_beta`` 1), ``gce``, ``apl`` or ``ce``.
         per_class: keep the ``filter_rate`` lowest within each given label instead of globally.
         lr, adam_weight_decay: Adam (0.002, 0). ``temperature`` 0.5, ``lambda_u`` 15, ``ema_decay`` None.
+        optimizer: ``adam`` (DBD App. B.3) or ``sgd``: the zoo's SGD (``momentum``, ``nesterov``,
+            ``weight_decay`` on weights only, ``schedule`` cosine by default) at ``lr``, the optimiser a
+            small CNN trained from scratch gets in this project's supervised rows.
     """
 
     def __init__(
@@ -70,9 +73,12 @@ class DBDFineTune(MixMatch):
         lambda_u: float = 15.0,
         lr: float = 0.002,
         adam_weight_decay: float = 0.0,
+        optimizer: str = "adam",
         ema_decay: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
+        if optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
         if not 0.0 < float(filter_rate) <= 1.0:
             raise ConfigError(f"filter_rate must be in (0, 1], got {filter_rate}.")
         if rerank_every is not None and int(rerank_every) < 0:
@@ -209,6 +215,8 @@ class DBDFineTune(MixMatch):
         return loss
 
     def configure_optimizers(self):
+        if self.hparams.optimizer == "sgd":
+            return super().configure_optimizers()
         params = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.adam_weight_decay)
 

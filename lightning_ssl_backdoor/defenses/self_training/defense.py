@@ -24,8 +24,10 @@ Both replace the row's training by the self-training driver (:mod:`.driver`):
 Training lengths: the paper trains 200 epochs (teacher), 150 per round and 300 from scratch; here
 steps, by default the row's ``trainer.max_steps`` for the teacher and 0.75x / 1.5x of it for each
 round / the final model (the same 200 : 150 : 300 ratio). Batch size: the row's. The model
-settings are the row's (architecture, optimiser, weak augmentation) without EMA and without
-``init_weights`` (the final model starts from scratch). The result is cached in
+settings are the row's (architecture, optimiser, weak augmentation) without ``init_weights`` (the
+final model starts from scratch) and, by default, without EMA (the paper's models keep none);
+``ema_decay: row`` gives every model of the driver the row's EMA (labelling, evaluation and the final
+model then use EMA weights, as the runner reports the undefended row), a float sets it. The result is cached in
 ``stage_dir/self_training.json``; ``defense_info`` holds every round's statistics (pool size,
 selected per class, pseudo-label accuracy, poisons selected and how many as the target, teacher and
 student test metrics) and, for Algorithm 2, the clustering's agreement with the given labels.
@@ -86,7 +88,7 @@ class SelfTrainingDefense(Defense):
                  augment: Optional[str] = "default", crop_scale: float = 0.5, vflip_prob: float = 1.0,
                  supervised_loss: bool = False, teacher_steps: Optional[int] = None,
                  round_steps: Optional[int] = None, final_steps: Optional[int] = None,
-                 batch_size: Optional[int] = None) -> None:
+                 batch_size: Optional[int] = None, ema_decay: Optional[float | str] = None) -> None:
         self.augment = self.default_augment if augment == "default" else augment
         self.config = SelfTrainingConfig(rounds=int(rounds), fraction=float(fraction), pseudo_label=pseudo_label,
                                          augment=self.augment, crop_scale=float(crop_scale),
@@ -96,11 +98,16 @@ class SelfTrainingDefense(Defense):
         self.round_steps = _positive_int("round_steps", round_steps)
         self.final_steps = _positive_int("final_steps", final_steps)
         self.batch_size = _positive_int("batch_size", batch_size)
+        if not (ema_decay is None or ema_decay == "row" or (isinstance(ema_decay, (int, float))
+                                                            and not isinstance(ema_decay, bool) and 0.0 < ema_decay < 1.0)):
+            raise ConfigError(f"self_training ema_decay must be null, 'row' or a number in (0, 1), got {ema_decay!r}.")
+        self.ema_decay = ema_decay
 
     # ------------------------------------------------------------------ pieces
     def driver_config(self, ctx: DefenseContext) -> SelfTrainingConfig:
         steps = int(ctx.trainer.max_steps)
         module = {k: v for k, v in ctx.model_args.items() if k in MODULE_KEYS}
+        ema = ctx.model_args.get("ema_decay") if self.ema_decay == "row" else self.ema_decay
         return replace(
             self.config,
             round_steps=self.round_steps or max(1, round(ROUND_FACTOR * steps)),
@@ -108,7 +115,7 @@ class SelfTrainingDefense(Defense):
             pretrain_steps=self.teacher_steps or steps,
             batch_size=self.batch_size or int(ctx.data.batch_size),
             eval_batch_size=int(ctx.data.eval_batch_size),
-            module={**module, "ema_decay": None},
+            module={**module, "ema_decay": ema},
             accelerator=str(ctx.trainer.accelerator),
             seed=int(ctx.seed),
         )
@@ -150,7 +157,7 @@ class SelfTrainingDefense(Defense):
             "history": [],
             "fit_seconds": seconds,
             "steps": int(teacher_info["steps"]) + cfg.rounds * cfg.round_steps + cfg.final_steps,
-            "has_ema": False,
+            "has_ema": False,  # one model is evaluated (the EMA weights when ema_decay is set)
             "defense_info": {**ctx.info, **info},
         }
         atomic_write_json(done, res)

@@ -12,6 +12,10 @@ A driver, not a LightningModule: every training phase is a Lightning ``Trainer.f
         warm-start: keep training the same model on D_n  (it becomes the next teacher)
     final model <- trained from scratch on D_N
 
+With ``module["ema_decay"]`` set, every model keeps an EMA of its weights (theta_ema <- d theta_ema
++ (1 - d) theta per step) and the EMA weights are the ones that label, are evaluated and are returned,
+as the runner reports an undefended model that keeps one; the EMA carries over the warm-started rounds.
+
 The paper's defaults (Sec. 4.3 and 5.1), which :class:`SelfTrainingConfig` keeps: N = 4 rounds,
 k = 0.3 (so D_4 is the whole pool: 4 x 0.3 >= 1), the pool D_UL is the labeled AND the unlabeled
 images (the labeled images are relabelled by the teacher: "pseudo-labeling on D_L U D_U"), T is
@@ -134,6 +138,11 @@ class SelfTraining:
         trainer.fit(module, datamodule=dm)
         return module
 
+    @staticmethod
+    def weights(module: Supervised) -> nn.Module:
+        """The classifier of ``module`` that labels and is evaluated: its EMA when it keeps one."""
+        return module.ema_model if module.ema_model is not None else module.model
+
     # --------------------------------------------------------- prediction
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor, augment: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,28 +242,30 @@ class SelfTraining:
         module = self.new_module()
         if teacher is not None:
             module.model.load_state_dict(teacher.state_dict())
+            if module.ema_model is not None:
+                module.ema_model.load_state_dict(teacher.state_dict())
         else:
             self.fit(module, self.split.labeled, cfg.pretrain_steps)
         rounds: list[dict[str, Any]] = []
         train: Optional[ImageSet] = None
         for n in range(1, cfg.rounds + 1):
-            pool = self.pseudo_labeled_pool(module.model, gen, first_pool if n == 1 else None)
+            pool = self.pseudo_labeled_pool(self.weights(module), gen, first_pool if n == 1 else None)
             sel = self.select(pool["conf"], pool["pred"], n)
             stats = self.round_stats(pool, sel, n)
             stats["labels_from"] = "clusters" if (n == 1 and first_pool is not None) else "teacher"
-            stats["teacher"] = self.evaluate(module.model)
+            stats["teacher"] = self.evaluate(self.weights(module))
             train = ImageSet(pool["images"][sel], pool["pred"][sel], list(self.split.classes))
             if cfg.supervised_loss:
                 train = ImageSet.concat([train, ImageSet(self.split.labeled.images, self.split.labeled.labels, list(self.split.classes))])
             self.fit(module, train, cfg.round_steps)  # warm start: the same weights keep training
-            stats["student"] = self.evaluate(module.model)
+            stats["student"] = self.evaluate(self.weights(module))
             rounds.append(stats)
         pl.seed_everything(cfg.seed, verbose=False)
         final = self.new_module()
         assert train is not None
         self.fit(final, train, cfg.final_steps)
-        final.model.eval()
-        return SelfTrainingResult(model=final.model, rounds=rounds, final={**self.evaluate(final.model), "config": asdict(cfg)})
+        model = self.weights(final).eval()
+        return SelfTrainingResult(model=model, rounds=rounds, final={**self.evaluate(model), "config": asdict(cfg)})
 
 
 def self_train(split: SSLSplit, config: Optional[SelfTrainingConfig] = None, teacher: Optional[Classifier] = None) -> SelfTrainingResult:
