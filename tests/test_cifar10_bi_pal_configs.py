@@ -56,7 +56,8 @@ def test_cifar10_bi_config_runs_every_attack_and_defense(tmp_path, packed_cifar)
 def test_cifar10_pal_config_runs_every_row(tmp_path, packed_cifar):  # noqa: F811
     cfg = yaml.safe_load((ROOT / "configs/experiments/cifar10_pal.yaml").read_text())
     attacks, defenses = ["badnets_gray", "badnets_rgb", "clean_label_pgd"], ["strong-aug-supervised", "self-training",
-                                                                              "self-training-simclr"]
+                                                                              "self-training-simclr",
+                                                                              "semi-supervised-baseline"]
     assert {(r.get("attack"), r.get("defense")) for r in cfg["rows"]} == (
         {(None, None)} | {(a, d) for a in attacks for d in [None, *defenses]})
     cfg["rows"] = [{"attack": "badnets_gray"}, {"attack": "clean_label_pgd"}] + [
@@ -68,3 +69,5 @@ def test_cifar10_pal_config_runs_every_row(tmp_path, packed_cifar):  # noqa: F81
     assert all(r["algorithm"] == "supervised" and r["asr"] is not None for r in rows)
     st = next(r for r in rows if r["defense"] == "self-training-simclr")
     assert st["defense_info"]["rounds"][0]["labels_from"] == "clusters"
+    base = next(r for r in rows if r["defense"] == "semi-supervised-baseline")
+    assert base["defense_info"]["config"]["augment"] is None  # Pal Table 2's middle column: no T
