@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lightning_ssl_backdoor import __version__
 from lightning_ssl_backdoor.data import SSLSplit
-from lightning_ssl_backdoor.data.artifacts import sha256_array
+from lightning_ssl_backdoor.data.artifacts import sha256_array, sha256_file
 from lightning_ssl_backdoor.data.readers import load_dataset
 from lightning_ssl_backdoor.data.subset import subset_split
 from lightning_ssl_backdoor.defenses import TrainingDynamicsRecorder, build_defense
@@ -80,6 +80,16 @@ def data_hashes(split: SSLSplit) -> dict[str, str]:
         name: sha256_array(getattr(split, name).images.numpy())
         for name in ("labeled", "unlabeled", "test")
     }
+
+
+def keyed_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments as they enter a cache key: a warm-start weights file (``init_weights``)
+    by the sha256 of its bytes, not its path, so a copied or moved output folder keeps its cache
+    and a weights file rewritten in place invalidates the rows trained from it."""
+    path = model_args.get("init_weights")
+    if not path:
+        return model_args
+    return {**model_args, "init_weights": f"sha256:{sha256_file(path)}"}
 
 
 class Runner:
@@ -155,8 +165,9 @@ class Runner:
     def run_row(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> dict[str, Any]:
         split, akey = self.attacked_split(seed, attack)
         model_args = self.model_args(seed)
+        keyed_args = keyed_model_args(model_args)
         def train_key(d: Optional[Spec]) -> str:
-            return config_hash(akey, "train", asdict(algorithm), model_args, asdict(self.cfg.data),
+            return config_hash(akey, "train", asdict(algorithm), keyed_args, asdict(self.cfg.data),
                                asdict(self.cfg.trainer), seed, None if d is None else asdict(d))
 
         tkey = train_key(defense)
