@@ -57,7 +57,8 @@ def test_cifar10_pal_config_runs_every_row(tmp_path, packed_cifar):  # noqa: F81
     cfg = yaml.safe_load((ROOT / "configs/experiments/cifar10_pal.yaml").read_text())
     attacks, defenses = ["badnets_gray", "badnets_rgb", "clean_label_pgd"], ["strong-aug-supervised", "self-training",
                                                                               "self-training-simclr",
-                                                                              "semi-supervised-baseline"]
+                                                                              "semi-supervised-baseline",
+                                                                              "self-training-views32"]
     assert {(r.get("attack"), r.get("defense")) for r in cfg["rows"]} == (
         {(None, None)} | {(a, d) for a in attacks for d in [None, *defenses]})
     cfg["rows"] = [{"attack": "badnets_gray"}, {"attack": "clean_label_pgd"}] + [
@@ -71,3 +72,5 @@ def test_cifar10_pal_config_runs_every_row(tmp_path, packed_cifar):  # noqa: F81
     assert st["defense_info"]["rounds"][0]["labels_from"] == "clusters"
     base = next(r for r in rows if r["defense"] == "semi-supervised-baseline")
     assert base["defense_info"]["config"]["augment"] is None  # Pal Table 2's middle column: no T
+    tta = next(r for r in rows if r["defense"] == "self-training-views32")
+    assert tta["defense_info"]["config"]["views"] == 32 and tta["defense_info"]["config"]["augment"] == "labeled"

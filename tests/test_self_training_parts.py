@@ -105,6 +105,36 @@ def test_ema_weights_label_and_are_returned_when_set(monkeypatch):
     assert plain.ema_model is None and st.weights(plain) is plain.model
 
 
+class Linear(nn.Module):
+    """A fixed linear 'model' on flattened pixels (deterministic, view-dependent probabilities)."""
+
+    def __init__(self, d: int, c: int = 2) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d, c, generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w
+
+
+def test_views_average_the_probabilities_of_independent_draws_of_t():
+    """``views: V``: p(x) = 1/V sum_v softmax(f(T_v(x))), T_v the draws of one generator in order;
+    the confidence is max p and the class argmax p (by hand against V = 1 calls)."""
+    split = _split()
+    imgs = split.labeled.images
+    model = Linear(imgs[0].numel())
+    st3 = SelfTraining(split, SelfTrainingConfig(views=3, eval_batch_size=64))
+    conf, pred = st3.predict(model, imgs, True, torch.Generator().manual_seed(5))
+    st1 = SelfTraining(split, SelfTrainingConfig(views=1, eval_batch_size=64))
+    g = torch.Generator().manual_seed(5)
+    x = imgs.float() / 255
+    probs = torch.stack([model(st1.labeling_view(x, g)).softmax(1) for _ in range(3)]).mean(0)
+    assert torch.allclose(conf, probs.max(1).values, atol=1e-6) and torch.equal(pred, probs.argmax(1))
+    one = st1.predict(model, imgs, True, torch.Generator().manual_seed(5))[0]
+    assert not torch.allclose(one, conf)  # one draw differs from the mean of three
+    plain = st3.predict(model, imgs, False, torch.Generator())[0]  # no T: views are irrelevant
+    assert torch.allclose(plain, model(x).softmax(1).max(1).values, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ k-means
 def _brute_force_inertia(x: torch.Tensor, k: int) -> float:
     best = float("inf")
@@ -181,6 +211,7 @@ def test_bad_options_are_one_sentence():
                         (Spec("self_training", {"round_steps": 0}), "round_steps"),
                         (Spec("self_training", {"ema_decay": 1.5}), "ema_decay"),
                         (Spec("self_training", {"ema_decay": "last"}), "ema_decay"),
+                        (Spec("self_training", {"views": 0}), "views"),
                         (Spec("self_training_simclr", {"assignment": "greedy"}), "assignment"),
                         (Spec("self_training_simclr", {"pseudo_label": "labeled"}), "pseudo_label"),
                         (Spec("strong_augment", {"crop_scale": 0}), "crop scale")]:

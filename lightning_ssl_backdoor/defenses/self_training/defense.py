@@ -7,7 +7,8 @@ Both replace the row's training by the self-training driver (:mod:`.driver`):
   the runner trains ``supervised`` on ``ctx.split.labeled`` with the row's model settings (cached in
   ``stage_dir/teacher``; when the row's algorithm is ``supervised`` it is exactly the undefended
   model). Then N = 4 rounds with k = 0.3: the teacher labels T(x_l) (T = RCS0.5 + VFlip, every
-  labeled image flipped) and x_u, the per-class top ``k n |D_UL| / C`` most confident examples
+  labeled image flipped; ``views: V`` averages its probabilities over V draws of T, 1 = the
+  paper) and x_u, the per-class top ``k n |D_UL| / C`` most confident examples
   form D_n, the model keeps training on D_n (warm start) and becomes the next teacher; finally a
   model is trained from scratch on D_N and evaluated by the runner (``ctx.evaluate``). No
   supervised loss (Sec. 4.3).
@@ -86,13 +87,13 @@ class SelfTrainingDefense(Defense):
 
     def __init__(self, rounds: int = 4, fraction: float = 0.3, pseudo_label: str = "both",
                  augment: Optional[str] = "default", crop_scale: float = 0.5, vflip_prob: float = 1.0,
-                 supervised_loss: bool = False, teacher_steps: Optional[int] = None,
+                 views: int = 1, supervised_loss: bool = False, teacher_steps: Optional[int] = None,
                  round_steps: Optional[int] = None, final_steps: Optional[int] = None,
                  batch_size: Optional[int] = None, ema_decay: Optional[float | str] = None) -> None:
         self.augment = self.default_augment if augment == "default" else augment
         self.config = SelfTrainingConfig(rounds=int(rounds), fraction=float(fraction), pseudo_label=pseudo_label,
                                          augment=self.augment, crop_scale=float(crop_scale),
-                                         vflip_prob=float(vflip_prob), supervised_loss=bool(supervised_loss))
+                                         vflip_prob=float(vflip_prob), views=views, supervised_loss=bool(supervised_loss))
         self.config.validate()
         self.teacher_steps = _positive_int("teacher_steps", teacher_steps)
         self.round_steps = _positive_int("round_steps", round_steps)

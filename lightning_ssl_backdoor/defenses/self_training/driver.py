@@ -61,8 +61,9 @@ class SelfTrainingConfig:
     D_L U D_U, T = RCS0.5 + VFlip on the labeled images, no supervised loss).
 
     ``pseudo_label``: which parts make up D_UL; ``augment``: which parts the teacher labels under T
-    (``None``: none, the paper's "semi-supervised baseline"); ``supervised_loss``: also train on D_L
-    with its true labels; ``*_steps``: optimiser steps of each phase; ``module``: keyword arguments
+    (``None``: none, the paper's "semi-supervised baseline"); ``views``: how many independent draws
+    of T the teacher's probabilities are averaged over (1, the paper: one draw); ``supervised_loss``:
+    also train on D_L with its true labels; ``*_steps``: optimiser steps of each phase; ``module``: keyword arguments
     of :class:`Supervised` (arch, lr, weight_decay, ema_decay, weak_pad, ...).
     """
 
@@ -72,6 +73,7 @@ class SelfTrainingConfig:
     augment: Optional[str] = "labeled"
     crop_scale: float = 0.5
     vflip_prob: float = 1.0
+    views: int = 1
     supervised_loss: bool = False
     pretrain_steps: int = 500
     round_steps: int = 500
@@ -91,6 +93,8 @@ class SelfTrainingConfig:
             raise ConfigError(f"pseudo_label must be one of {list(PARTS)}, got {self.pseudo_label!r}.")
         if self.augment is not None and self.augment not in PARTS:
             raise ConfigError(f"augment must be null or one of {list(PARTS)}, got {self.augment!r}.")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
+            raise ConfigError(f"views must be a positive integer, got {self.views!r}.")
         if min(self.pretrain_steps, self.round_steps, self.final_steps) < 1:
             raise ConfigError("pretrain_steps, round_steps and final_steps must all be >= 1.")
         if not 0.0 < self.crop_scale <= 1.0 or not 0.0 <= self.vflip_prob <= 1.0:
@@ -104,6 +108,12 @@ class SelfTrainingResult:
     model: Classifier
     rounds: list[dict[str, Any]]
     final: dict[str, Any]
+
+
+def _accuracy(pool: dict[str, torch.Tensor], from_labeled: bool) -> Optional[float]:
+    """Share of the pool's examples from D_L (or D_U) whose pseudo-label is their true class."""
+    part = pool["from_labeled"] == from_labeled
+    return float((pool["pred"][part] == pool["truth"][part]).float().mean()) if bool(part.any()) else None
 
 
 def _uses(part: str, option: Optional[str]) -> bool:
@@ -153,9 +163,10 @@ class SelfTraining:
         conf, pred = [], []
         for s in range(0, len(images), self.cfg.eval_batch_size):
             x = images[s : s + self.cfg.eval_batch_size].to(dev).float().div_(255.0)
-            if augment:
-                x = self.labeling_view(x, generator)
-            p = model(x).softmax(1)
+            if augment:  # mean over `views` draws of T (Eq.: p(x) = 1/V sum_v softmax(f(T_v(x))))
+                p = torch.stack([model(self.labeling_view(x, generator)).softmax(1) for _ in range(self.cfg.views)]).mean(0)
+            else:
+                p = model(x).softmax(1)
             c, k = p.max(1)
             conf.append(c.cpu())
             pred.append(k.cpu())
@@ -211,6 +222,8 @@ class SelfTraining:
             "selected": len(sel),
             "selected_per_class": torch.bincount(pred, minlength=self.num_classes).tolist(),
             "pseudo_label_accuracy_pool": float((pool["pred"] == pool["truth"]).float().mean()),
+            "pseudo_label_accuracy_pool_labeled": _accuracy(pool, True),
+            "pseudo_label_accuracy_pool_unlabeled": _accuracy(pool, False),
             "pseudo_label_accuracy_selected": float((pred == truth).float().mean()) if len(sel) else None,
             "poisoned_selected": int(poison.sum()),
         }
