@@ -30,8 +30,9 @@ final model starts from scratch) and, by default, without EMA (the paper's model
 ``ema_decay: row`` gives every model of the driver the row's EMA (labelling, evaluation and the final
 model then use EMA weights, as the runner reports the undefended row), a float sets it. The result is cached in
 ``stage_dir/self_training.json``; ``defense_info`` holds every round's statistics (pool size,
-selected per class, pseudo-label accuracy, poisons selected and how many as the target, teacher and
-student test metrics) and, for Algorithm 2, the clustering's agreement with the given labels.
+selected per class, pseudo-label accuracy on the pool, on its labeled and unlabeled parts and on
+the selection, poisons selected and how many as the target, teacher and student test metrics) and,
+for Algorithm 2, the clustering's agreement with the given labels.
 """
 
 from __future__ import annotations
