@@ -63,8 +63,8 @@ class SelfTrainingConfig:
     ``pseudo_label``: which parts make up D_UL; ``augment``: which parts the teacher labels under T
     (``None``: none, the paper's "semi-supervised baseline"); ``views``: how many independent draws
     of T the teacher's probabilities are averaged over (1, the paper: one draw); ``supervised_loss``:
-    also train on D_L with its true labels; ``*_steps``: optimiser steps of each phase; ``module``: keyword arguments
-    of :class:`Supervised` (arch, lr, weight_decay, ema_decay, weak_pad, ...).
+    also train on D_L with its true labels; ``*_steps``: optimiser steps of each phase; ``module``:
+    keyword arguments of :class:`Supervised` (arch, lr, weight_decay, ema_decay, weak_pad, ...).
     """
 
     rounds: int = 4
