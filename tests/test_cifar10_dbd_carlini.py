@@ -140,3 +140,21 @@ def test_paper_configs_keep_the_papers_settings():
     cpu = _load("cifar10_carlini")
     assert cpu["attacks"][0]["init_args"]["budget_rate"] <= 0.01 and len(cpu["seeds"]) == 8
     assert cpu["defenses"][2]["init_args"]["every_n_steps"] == "epoch" and cpu["defenses"][2]["init_args"]["use_ema"]
+
+
+def test_dbd_long_scaled_rows_build_with_their_stage_lengths():
+    """cifar10_dbd_long's `dbd-scaled` rows: the paper's DBD with the SCE head's epochs, the lambda_u
+    ramp and the fine-tuning length scaled to 1,600 images, plus the SSL split's unlabeled images."""
+    from lightning_ssl_backdoor.defenses import build_defense
+    from lightning_ssl_backdoor.spec import Spec
+
+    cfg = _load("cifar10_dbd_long")
+    by_label = {d.get("label", d["name"]): d for d in cfg["defenses"] if d}
+    for label, per_class in (("dbd-scaled", False), ("dbd-per-class-scaled", True)):
+        args = by_label[label]["init_args"]
+        assert args["use_unlabeled"] is True and args["filter_per_class"] is per_class and args["filter_rate"] == 0.5
+        assert args["linear"]["epochs"] == 100 and args["finetune"]["steps"] == 6000
+        assert args["finetune"]["rampup_ratio"] == 1.0 and args["simclr"] == by_label["dbd"]["init_args"]["simclr"]
+        build_defense(Spec("dbd", args))
+    rows = {(r["attack"], r.get("defense")) for r in cfg["rows"]}
+    assert {(a, d) for a in ("badnets", "blended") for d in ("dbd-scaled", "dbd-per-class-scaled")} <= rows

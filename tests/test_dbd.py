@@ -280,6 +280,9 @@ def test_finetune_reranks_every_epoch_and_draws_from_the_partition(poisoned_digi
         assert h["num_ranked"] == n_pool and h["num_high"] == n_pool // 2
         assert h["num_poisons"] == int(poisoned_digits.labeled_poison_mask.sum())
         assert 0 <= h["poisons_in_high"] <= h["num_poisons"]
+    labels = poisoned_digits.labeled.labels
+    for h, high in zip(m.filter_history, [s[1] for s in seen if s[0] % 2 == 0]):
+        assert h["high_per_label"] == torch.bincount(labels[high].long(), minlength=10).tolist()
     for step, high, li, ui, draw in seen:
         assert int(draw["step"]) == step and int(draw["ranked_at"]) == step - step % 2  # the loader's draw
         assert high[li].all() and len(li) == 8 and len(ui) == 16  # labeled only from the high set

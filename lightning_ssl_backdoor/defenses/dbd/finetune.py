@@ -14,7 +14,7 @@ App. B.3). The step-0 ranking is the stage-2 filtering, because the weights are 
 ones. With ``rank=False`` the whole pool is trusted (the poisoned-unlabeled threat model).
 
 Every ranking is recorded in ``filter_history`` (saved in checkpoints): how many of the
-high-credible samples are poisons (DBD Table 23), scored against the split's poison mask, which the
+high-credible samples are poisons (DBD Table 23) and how many carry each given label, scored against the split's poison mask, which the
 learner never reads otherwise. The evaluated model is the LAST one (no test-set selection).
 """
 
@@ -154,6 +154,8 @@ class DBDFineTune(MixMatch):
             "num_high": int(high.sum()),
             "num_poisons": int(self._pool_poison.sum()),
             "poisons_in_high": int((high & self._pool_poison).sum()),
+            "high_per_label": torch.bincount(self._pool.labels[high].long(),
+                                             minlength=int(self.hparams.num_classes)).tolist(),
             "mean_loss": mean_loss,
         }
         self.filter_history = [h for h in self.filter_history if h["step"] != step] + [entry]
