@@ -14,8 +14,9 @@ App. B.3). The step-0 ranking is the stage-2 filtering, because the weights are 
 ones. With ``rank=False`` the whole pool is trusted (the poisoned-unlabeled threat model).
 
 Every ranking is recorded in ``filter_history`` (saved in checkpoints): how many of the
-high-credible samples are poisons (DBD Table 23) and how many carry each given label, scored against the split's poison mask, which the
-learner never reads otherwise. The evaluated model is the LAST one (no test-set selection).
+high-credible samples are poisons (DBD Table 23), scored against the split's poison mask, which the
+learner never reads otherwise, and how many carry each given label (``high_per_label``). The
+evaluated model is the LAST one (no test-set selection).
 """
 
 from __future__ import annotations
