@@ -259,6 +259,39 @@ def test_training_images_dedupes_labeled_copies(poisoned_digits):
 
 
 # ------------------------------------------------------------------------------ stage 3 fine-tuning
+@pytest.mark.parametrize("per_class", [False, True])
+def test_rerank_names_and_warns_about_a_label_the_global_ranking_empties(poisoned_digits, per_class):
+    """A head that puts every image of label 0 at a huge loss: the global 50% ranking keeps none of
+    them (recorded in ``labels_without_high``, warned once); the per-class ranking keeps half."""
+    m = DBDFineTune(per_class=per_class, **TINY_MODEL)
+    m._pool = poisoned_digits.labeled
+    m._pool_poison = poisoned_digits.labeled_poison_mask.clone()
+    with torch.no_grad():
+        m.model.head.weight.zero_()
+        m.model.head.bias.fill_(0.0)
+        m.model.head.bias[0] = -50.0
+    labels = poisoned_digits.labeled.labels
+    with pytest.warns(RuntimeWarning, match=r"kept no image of given label\(s\) \[0\]") if not per_class else _no_warning():
+        entry = m.rerank(0)
+    if per_class:
+        assert entry["labels_without_high"] == [] and entry["high_per_label"][0] == round(0.5 * int((labels == 0).sum()))
+    else:
+        assert entry["labels_without_high"] == [0] and entry["high_per_label"][0] == 0
+        with _no_warning():  # once per run
+            assert m.rerank(1)["labels_without_high"] == [0]
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("error", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
 def test_finetune_reranks_every_epoch_and_draws_from_the_partition(poisoned_digits, tmp_path):
     torch.manual_seed(0)
     m = DBDFineTune(rerank_every=2, unlabeled_ratio=2, **TINY_MODEL)

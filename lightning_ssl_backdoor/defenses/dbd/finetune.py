@@ -15,13 +15,16 @@ ones. With ``rank=False`` the whole pool is trusted (the poisoned-unlabeled thre
 
 Every ranking is recorded in ``filter_history`` (saved in checkpoints): how many of the
 high-credible samples are poisons (DBD Table 23), scored against the split's poison mask, which the
-learner never reads otherwise, and how many carry each given label (``high_per_label``). The
+learner never reads otherwise, how many carry each given label (``high_per_label``), and which
+given labels kept none (``labels_without_high``, warned once: the global ranking can empty a class
+whose images the model confuses with another, e.g. automobile next to the target truck). The
 evaluated model is the LAST one (no test-set selection).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -108,6 +111,7 @@ class DBDFineTune(MixMatch):
         self._index_sets: Optional[tuple] = None
         self._pending_log: Optional[dict] = None
         self.filter_history: list[dict[str, Any]] = []
+        self._warned_empty = False
 
     # ---------------------------------------------------------------- data
     def setup(self, stage: str) -> None:
@@ -159,6 +163,14 @@ class DBDFineTune(MixMatch):
                                              minlength=int(self.hparams.num_classes)).tolist(),
             "mean_loss": mean_loss,
         }
+        present = torch.bincount(self._pool.labels.long(), minlength=int(self.hparams.num_classes)).tolist()
+        entry["labels_without_high"] = [k for k, (h, p) in enumerate(zip(entry["high_per_label"], present))
+                                        if p > 0 and h == 0]
+        if entry["labels_without_high"] and not self._warned_empty:
+            self._warned_empty = True
+            warnings.warn(f"DBD ranking at step {step} kept no image of given label(s) "
+                          f"{entry['labels_without_high']} labeled: MixMatch now learns those classes from "
+                          "guessed labels only (per_class=True keeps every label).", RuntimeWarning, stacklevel=2)
         self.filter_history = [h for h in self.filter_history if h["step"] != step] + [entry]
         self._pending_log = entry
         return entry
