@@ -226,6 +226,7 @@ class DBDFineTune(MixMatch):
             e = self._pending_log
             self.log("dbd/poisons_in_high", float(e["poisons_in_high"]), batch_size=1)
             self.log("dbd/num_high", float(e["num_high"]), batch_size=1)
+            self.log("dbd/labels_without_high", float(len(e["labels_without_high"])), batch_size=1)
             self._pending_log = None
         return loss
 
