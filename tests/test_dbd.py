@@ -3,7 +3,9 @@ lowest-loss ranking, MixMatch fine-tuning with re-ranking, and the chained defen
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -281,15 +283,12 @@ def test_rerank_names_and_warns_about_a_label_the_global_ranking_empties(poisone
             assert m.rerank(1)["labels_without_high"] == [0]
 
 
-class _no_warning:
-    def __enter__(self):
-        import warnings
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+@contextlib.contextmanager
+def _no_warning():
+    """Turn any RuntimeWarning inside the block into an error."""
+    with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._w.__exit__(*exc)
+        yield
 
 
 def test_finetune_reranks_every_epoch_and_draws_from_the_partition(poisoned_digits, tmp_path):
