@@ -177,7 +177,7 @@ def test_every_attack_poisons_a_grey_split_in_grey(name, grey_split, tmp_path):
     if ps.trigger is not None:
         x = ps.test.float()[:4]
         assert ps.trigger(x).shape == x.shape
-    from lightning_ssl_backdoor.attacks.io import load_poisoned_split, save_poisoned_split
+    from lightning_ssl_backdoor.data.poisoned_io import load_poisoned_split, save_poisoned_split
 
     back = load_poisoned_split(save_poisoned_split(tmp_path / f"{name}.npz", ps))
     assert torch.equal(back.unlabeled.images, ps.unlabeled.images) and back.labeled.images.shape[1] == 1

@@ -21,7 +21,7 @@ import lightning_ssl_backdoor.pipeline.training as training
 from lightning_ssl_backdoor import checkpoint_io, faults
 from lightning_ssl_backdoor.attacks import build_attack
 from lightning_ssl_backdoor.attacks.cli import poison_main
-from lightning_ssl_backdoor.attacks.io import save_poisoned_split
+from lightning_ssl_backdoor.data.poisoned_io import save_poisoned_split
 from lightning_ssl_backdoor.cli import main
 from lightning_ssl_backdoor.data.artifacts import MANIFEST_MEMBER, load_arrays, save_arrays
 from lightning_ssl_backdoor.data.imageset import ImageSet

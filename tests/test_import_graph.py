@@ -70,3 +70,25 @@ def test_no_import_circle():
 
 def test_the_checker_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# Layers point one way (docs/architecture.md): data/ is below attacks/, defenses/, ssl/ and pipeline/.
+_ABOVE_DATA = ("attacks", "defenses", "ssl", "pipeline", "report", "cli")
+
+
+def test_data_never_imports_a_higher_layer():
+    pkg = PKG.name
+    bad = {
+        (src, dst)
+        for src, dsts in _graph().items() if src == f"{pkg}.data" or src.startswith(f"{pkg}.data.")
+        for dst in dsts if any(dst == f"{pkg}.{up}" or dst.startswith(f"{pkg}.{up}.") for up in _ABOVE_DATA)
+    }
+    assert not bad, f"data/ imports a higher layer: {sorted(bad)}"
+
+
+def test_attacks_io_re_exports_the_data_artifact_io():
+    from lightning_ssl_backdoor.attacks import io as old
+    from lightning_ssl_backdoor.data import poisoned_io as new
+
+    for name in ("save_poisoned_split", "load_poisoned_split", "artifact_meta", "FORMAT", "VERSION"):
+        assert getattr(old, name) is getattr(new, name)

@@ -11,7 +11,7 @@ import torch
 from lightning_ssl_backdoor.attacks import build_attack
 from lightning_ssl_backdoor.attacks import deneb as deneb_module
 from lightning_ssl_backdoor.attacks.cli import make_parser, poison_main
-from lightning_ssl_backdoor.attacks.io import load_poisoned_split, save_poisoned_split
+from lightning_ssl_backdoor.data.poisoned_io import load_poisoned_split, save_poisoned_split
 from lightning_ssl_backdoor.attacks.surrogate import load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data.readers import read_digits
 from lightning_ssl_backdoor.data.split import make_split

@@ -46,7 +46,7 @@ from typing import Any, Dict, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lightning_ssl_backdoor.attacks.io import artifact_meta, save_poisoned_split
+from lightning_ssl_backdoor.data.poisoned_io import artifact_meta, save_poisoned_split
 from lightning_ssl_backdoor.attacks.registry import build_attack_from_spec
 from lightning_ssl_backdoor.attacks.surrogate import accuracy, load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data.artifacts import sha256_file

@@ -104,7 +104,7 @@ class SSLDataModule(pl.LightningDataModule):
 
     def _build_split(self) -> SSLSplit:
         if self.poisoned_split is not None:
-            from lightning_ssl_backdoor.attacks.io import load_poisoned_split
+            from lightning_ssl_backdoor.data.poisoned_io import load_poisoned_split
 
             split = load_poisoned_split(self.poisoned_split)
             side = int(split.test.images.shape[-1])

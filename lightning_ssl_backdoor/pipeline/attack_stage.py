@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_ssl_backdoor.attacks import build_attack_from_spec
-from lightning_ssl_backdoor.attacks.io import load_poisoned_split, save_poisoned_split
+from lightning_ssl_backdoor.data.poisoned_io import load_poisoned_split, save_poisoned_split
 from lightning_ssl_backdoor.attacks.surrogate import load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data import PoisonedSplit, SSLSplit
 from lightning_ssl_backdoor.spec import Spec
