@@ -24,7 +24,7 @@ Solarize       ``kornia.enhance.solarize``                                      
 Rotate, Shear  ``kornia.geometry.transform.warp_affine`` (``padding_mode="fill"``)
 Translate      with ``get_rotation_matrix2d`` / ``get_shear_matrix2d`` /
                ``get_translation_matrix2d``
-Cutout         ``kornia.geometry.bbox.bbox_to_mask``
+Cutout         a box mask from comparisons (``bbox_to_mask``'s semantics)
 grayscale      ``kornia.color.rgb_to_grayscale`` (ITU-R 601-2 luma, PIL's "L")
 =============  =================================================================  ===============
 
@@ -68,7 +68,6 @@ from kornia.enhance import equalize as _k_equalize
 from kornia.enhance import posterize as _k_posterize
 from kornia.enhance import sharpness as _k_sharpness
 from kornia.enhance import solarize as _k_solarize
-from kornia.geometry.bbox import bbox_to_mask
 from kornia.geometry.transform import (
     get_rotation_matrix2d,
     get_shear_matrix2d,
@@ -130,9 +129,7 @@ def auto_contrast(x: torch.Tensor, magnitude: Magnitude = 0.0) -> torch.Tensor:
     (``normalize_min_max`` with ``eps=0``); a constant channel is left unchanged, as PIL's
     ``ImageOps.autocontrast`` (no cut-off) does."""
     span = x.amax(dim=(2, 3), keepdim=True) - x.amin(dim=(2, 3), keepdim=True)
-    flat = span <= 0
-    if bool(flat.all()):
-        return x.clone()
+    flat = span <= 0  # no early return on an all-flat batch: bool() would wait for the device
     stretched = normalize_min_max(x, 0.0, 1.0, eps=0.0)  # NaN on flat channels, replaced below
     return torch.where(flat, x, stretched).clamp_(0.0, 1.0)
 
@@ -284,14 +281,15 @@ def translate_y(x: torch.Tensor, magnitude: Magnitude, fill: float = 0.5) -> tor
 
 
 def cutout_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bool ``[B, 1, H, W]`` mask of one box per image; ``boxes`` as in :func:`cutout`. The mask
-    comes from ``kornia.geometry.bbox.bbox_to_mask`` (inclusive corners, hence the ``- 1``), as in
-    Kornia's ``RandomErasing``."""
-    t, b, l, r = boxes.to(dtype=torch.float32).unbind(1)
-    corners = torch.stack(
-        [torch.stack(p, dim=1) for p in ((l, t), (r - 1, t), (r - 1, b - 1), (l, b - 1))], dim=1
-    )
-    return bbox_to_mask(corners, width, height).bool().unsqueeze(1)
+    """Bool ``[B, 1, H, W]`` mask of one box per image; ``boxes`` as in :func:`cutout` (the
+    rectangle ``top <= row < bottom``, ``left <= col < right``, as Kornia's ``bbox_to_mask`` of the
+    inclusive corners in ``RandomErasing``). Comparisons against ``arange``: no data-dependent shape."""
+    t, b, l, r = boxes.unbind(1)
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    in_rows = (rows >= t.view(-1, 1)) & (rows < b.view(-1, 1))
+    in_cols = (cols >= l.view(-1, 1)) & (cols < r.view(-1, 1))
+    return (in_rows.view(-1, 1, height, 1) & in_cols.view(-1, 1, 1, width))
 
 
 def cutout(x: torch.Tensor, boxes: torch.Tensor, fill: float = 0.5) -> torch.Tensor:

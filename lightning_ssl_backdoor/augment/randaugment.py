@@ -8,6 +8,14 @@ operations of a slot share a single warp. The operations are Kornia's functional
 per-sample magnitudes (see :mod:`lightning_ssl_backdoor.augment.ops`); Kornia's own
 ``kornia.augmentation.auto.RandAugment`` is not used because it draws one set of operations per
 batch, not per image.
+
+Two ways to apply the same draws give the same pixels (to float rounding): ``mode="grouped"`` (the
+least arithmetic: each op on the images that drew it, found with ``nonzero``: a host
+synchronisation and data-dependent shapes per op) and ``mode="masked"``
+(:mod:`~lightning_ssl_backdoor.augment.masked`: every op family on the whole batch under per-sample
+masks: no synchronisation, static shapes, one compilable graph). ``mode="auto"`` (default) takes
+the masked form on an accelerator or under ``torch.compile`` and the grouped one on a CPU, where
+the masked form's extra arithmetic costs more than the dispatch it saves.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch
 from torch import nn
 
 from lightning_ssl_backdoor.augment import ops as F
+from lightning_ssl_backdoor.augment.masked import apply_masked, op_features
 from lightning_ssl_backdoor.errors import ConfigError
 
 #: The 14 operations of FixMatch's RandAugment pool, in a fixed order (indices in ``StrongParams``).
@@ -58,6 +67,8 @@ FUNCTIONS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+#: ways to apply drawn parameters (see the module doc)
+MODES = ("auto", "grouped", "masked")
 _SIGNED = _GEOMETRIC
 
 
@@ -140,7 +151,8 @@ class StrongAugment(nn.Module):
     ``forward(x, generator=None)`` takes a float ``[B, C, H, W]`` batch in [0, 1] (C = 1 or 3) on
     any device and returns an augmented batch of the same shape; randomness comes from the global
     torch RNG, or from ``generator`` (which must live on ``x.device``). The draws of the last call
-    are kept in ``last_params`` (a :class:`StrongParams`).
+    are kept in ``last_params`` (a :class:`StrongParams`). ``mode``: "auto", "grouped" or "masked"
+    (see the module doc; the same pixels either way).
     """
 
     def __init__(
@@ -151,6 +163,7 @@ class StrongAugment(nn.Module):
         cutout: float = 0.5,
         ops: Optional[Sequence[str]] = None,
         fill: float = 0.5,
+        mode: str = "auto",
     ) -> None:
         super().__init__()
         if int(n) != n or n < 0:
@@ -161,6 +174,8 @@ class StrongAugment(nn.Module):
             raise ConfigError(f"StrongAugment p must be a probability in [0, 1], got {p!r}.")
         if not 0.0 <= cutout <= 1.0:
             raise ConfigError(f"StrongAugment cutout must be a fraction in [0, 1], got {cutout!r}.")
+        if mode not in MODES:
+            raise ConfigError(f"StrongAugment mode must be one of {list(MODES)}, got {mode!r}.")
         ops = tuple(OPS if ops is None else ops)
         unknown = [o for o in ops if o not in FUNCTIONS]
         if unknown or not ops:
@@ -169,7 +184,9 @@ class StrongAugment(nn.Module):
                 f"{unknown or 'empty list'}."
             )
         self.n, self.m, self.p, self.cutout, self.fill = int(n), float(m), float(p), cutout, fill
-        self.ops = ops
+        self.ops, self.mode = ops, mode
+        # the masked form's per-op feature table, on the module's device (not in checkpoints)
+        self.register_buffer("op_table", op_features(ops), persistent=False)
         self.last_params: Optional[StrongParams] = None
 
     def extra_repr(self) -> str:
@@ -208,6 +225,11 @@ class StrongAugment(nn.Module):
         drew it (one batched call), the geometric ones together in one warp; then Cutout."""
         F.check_batch(x)
         h, w = x.shape[-2:]
+        if self.uses_masks(x):
+            out = apply_masked(x, self.op_table.to(x.device), self.m, params.ops, params.levels, params.apply, params.signs, self.fill)
+            if self.cutout > 0:
+                out = out.masked_fill(F.cutout_mask(params.boxes.to(x.device), h, w), self.fill)
+            return out if out.data_ptr() != x.data_ptr() else out.clone()
         out = x.clone()
         for slot in range(params.ops.shape[1]):
             chosen = torch.where(params.apply[:, slot], params.ops[:, slot], -1)
@@ -230,6 +252,12 @@ class StrongAugment(nn.Module):
         if self.cutout > 0:  # in place on our own copy: F.cutout without its second allocation
             out.masked_fill_(F.cutout_mask(params.boxes.to(x.device), h, w), self.fill)
         return out
+
+    def uses_masks(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`apply_params` takes the static-shape (masked) form for ``x``."""
+        if self.mode != "auto":
+            return self.mode == "masked"
+        return x.device.type != "cpu" or torch.compiler.is_compiling()
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         F.check_batch(x)

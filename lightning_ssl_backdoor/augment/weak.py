@@ -3,9 +3,10 @@
 FixMatch (Sohn et al., 2020, Sec. 2.3) uses "a standard flip-and-shift augmentation strategy":
 flip horizontally with probability 0.5, then translate by up to 12.5% (4 px on 32 x 32) via a
 reflect-padded random crop. Here the whole batch is padded once (``torch.nn.functional.pad``:
-Kornia has no functional reflect pad), every image's own window is cut out by Kornia's
-``crop_by_indices`` (exact slicing, no resampling) and the images that drew a flip are mirrored
-together by Kornia's ``hflip``.
+Kornia has no functional reflect pad) and every image's window, mirrored where it drew a flip, is
+read by one ``gather`` over the flattened padded planes (exact copying, no resampling): no Python
+loop over images, no host synchronisation, and shapes that do not depend on the draws, so the crop
+compiles into one graph and can be captured in a CUDA graph (issue 32).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import crop_by_indices, hflip
 from torch import nn
 
 from lightning_ssl_backdoor.augment.ops import check_batch
@@ -74,7 +74,7 @@ class WeakAugment(nn.Module):
         return WeakParams(flip, top, left)
 
     def apply_params(self, x: torch.Tensor, params: WeakParams) -> torch.Tensor:
-        """Pad once, cut every image's crop window, then mirror the images that drew a flip."""
+        """Pad once, then one gather reads every image's window (mirrored where it drew a flip)."""
         check_batch(x)
         b, c, h, w = x.shape
         p = self.pad
@@ -84,18 +84,14 @@ class WeakAugment(nn.Module):
                 "lower pad or use padding_mode='replicate'."
             )
         padded = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p > 0 else x
+        hp, wp = h + 2 * p, w + 2 * p
         top, left = params.top.to(x.device).long(), params.left.to(x.device).long()
-        bottom, right = top + (h - 1), left + (w - 1)  # inclusive corners, Kornia's box layout
-        corners = [(left, top), (right, top), (right, bottom), (left, bottom)]
-        boxes = torch.stack([torch.stack(pt, dim=1) for pt in corners], dim=1)  # [B, 4, 2] (x, y)
-        out = crop_by_indices(padded, boxes, size=(h, w))
-        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-            out = out.clone()  # pad 0: Kornia returned a view of the input, which must stay as it is
-        out = out.contiguous()  # a batch whose boxes all agree comes back as a strided view
-        rows = params.flip.to(x.device).nonzero().view(-1)
-        if rows.numel():
-            out[rows] = hflip(out[rows])
-        return out
+        cols = torch.arange(w, device=x.device)
+        cols = torch.where(params.flip.to(x.device).view(b, 1), (w - 1) - cols, cols) + left.view(b, 1)  # [B, W]
+        rows = torch.arange(h, device=x.device) + top.view(b, 1)  # [B, H]
+        index = (rows * wp).view(b, 1, h, 1) + cols.view(b, 1, 1, w)  # [B, 1, H, W] into the flat plane
+        flat = padded.reshape(b, c, hp * wp)
+        return flat.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         check_batch(x)
