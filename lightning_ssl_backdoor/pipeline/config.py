@@ -38,6 +38,9 @@ class ExperimentConfig:
     jobs: int = 1
     dynamics_every: Optional[int] = None
     threads: Optional[int] = None
+    # opt-in "what was learned" probe at every evaluation (issue 36; pipeline/probe_stage.py):
+    # {attack: <a DeNeB attack's label>, images: N, views: K}; None (default) adds nothing
+    probe: Optional[dict] = None
     output: Optional[str] = None
 
     def validate(self) -> None:
