@@ -35,6 +35,7 @@ from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
 from lightning_ssl_backdoor.defenses.invalidator import Invalidator
 from lightning_ssl_backdoor.defenses.knn import chunked_knn, mean_knn_sqdist, pair_dots
 from lightning_ssl_backdoor.defenses.oracle import OracleRemoval
+from lightning_ssl_backdoor.defenses.upure import UPure  # registers upure (issue 33)
 from lightning_ssl_backdoor.defenses.self_training import (  # registers self_training, self_training_simclr, strong_augment
     SelfTrainingDefense,
     SelfTrainingSimCLR,
@@ -60,6 +61,7 @@ __all__ = [
     "StrongAugment",
     "TrainedModel",
     "TrainingDynamicsRecorder",
+    "UPure",
     "build_defense",
     "chunked_knn",
     "cluster_detect",
