@@ -12,10 +12,14 @@ from torch import nn
 from lightning_ssl_backdoor._lightning import pl
 from lightning_ssl_backdoor.attacks.surrogate import load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data import SSLDataModule, make_split
-from lightning_ssl_backdoor.defenses import cluster_detect
-from lightning_ssl_backdoor.defenses.dbd import LinearHead
+from lightning_ssl_backdoor.defenses import DEFENSES, DefenseContext, cluster_detect
+from lightning_ssl_backdoor.defenses.baselines import FinePruning, FineTuning, NeuralAttentionDistillation, fine_prune, nad_distill
+from lightning_ssl_backdoor.defenses.dbd import DBD, LinearHead
+from lightning_ssl_backdoor.defenses.depud import target_layer
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError
-from lightning_ssl_backdoor.models import Classifier, check_model, instantiate, wrap_backbone
+from lightning_ssl_backdoor.models import (MEMBERS, Classifier, build_model, check_model, instantiate, last_conv_of,
+                                           wrap_backbone)
+from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
 from lightning_ssl_backdoor.ssl import FixMatch, Supervised
 from tests.conftest import random_imageset
 
@@ -260,3 +264,99 @@ def test_poison_command_trains_the_surrogate_from_a_class_path(tmp_path):
                         "--surrogate", own, "--output", str(out), "--progress", "false"]) == 0
     surrogate = load_surrogate(next((tmp_path / ".p.work").glob("surrogate_*.safetensors")))
     assert isinstance(surrogate.backbone, PlainBackbone) and out.is_file()
+
+
+# ------------------------------------------- defenses on a model of one's own (issue 31, item 7)
+def _convnet(widths=(6,)):
+    """A plain conv backbone: conv/ReLU blocks, pooled to [B, widths[-1]]."""
+    layers, c = [], 3
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU()]
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _xy(n=12):
+    return torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8), torch.arange(n) % 3
+
+
+def test_fine_prune_names_the_missing_last_conv_and_wrap_backbone_supplies_it():
+    x, y = _xy()
+    with pytest.raises(ConfigError, match=r"^fine_prune needs a last_conv module.*TinyNet lacks \(its conv layers end "
+                                          r"with body\.0\): .*wrap_backbone\(net, num_classes, last_conv="):
+        fine_prune(TinyNet(3), x, y, ft_steps=0)
+    wrapped = wrap_backbone(_convnet(), 3, feature_dim=6)
+    assert wrapped.last_conv is wrapped.backbone[0]  # found: the last Conv2d with feature_dim channels
+    repaired, info = fine_prune(wrapped, x, y, ft_steps=1, batch_size=4)
+    assert info["num_channels"] == 6 and repaired is not wrapped
+
+
+def test_wrap_backbone_satisfies_every_registered_defense_and_a_bare_model_is_told_what_to_add():
+    wrapped = wrap_backbone(_convnet(), 3, feature_dim=6)
+    bare = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))  # forward only
+    needing = set()
+    for name, cls in sorted(DEFENSES.items()):
+        defense = cls()
+        assert set(defense.requires) <= set(MEMBERS), name
+        assert defense.check_model(wrapped) is wrapped
+        if defense.requires:
+            needing.add(name)
+            first = defense.requires[0]
+            with pytest.raises(ConfigError, match=rf"^defense '{name}' \(\w+\) needs .*Sequential lacks.*wrap_backbone"):
+                defense.check_model(bare)
+            assert MEMBERS[first][0] in _message(defense, bare)
+        else:
+            assert defense.check_model(bare) is bare  # forward is enough
+    assert {"fp", "nad", "spectral", "activation_clustering", "dbd"} <= needing
+    assert "upure" not in needing and "ft" not in needing
+
+
+def _message(defense, model):
+    with pytest.raises(ConfigError) as e:
+        defense.check_model(model)
+    return str(e.value)
+
+
+def test_last_conv_is_found_named_or_given_and_never_registered_twice():
+    bb = _convnet((4, 6))  # Conv(3->4), ReLU, Conv(4->6), ReLU, pool, flatten
+    assert wrap_backbone(bb, 3, feature_dim=6).last_conv is bb[2]
+    assert wrap_backbone(bb, 3, feature_dim=6, last_conv="0").last_conv is bb[0]
+    assert wrap_backbone(bb, 3, feature_dim=6, last_conv=bb[0]).last_conv is bb[0]
+    assert not any(k.startswith("last_conv") for k in wrap_backbone(bb, 3, feature_dim=6).state_dict())
+    with pytest.raises(ConfigError, match="'nope' is not a module of the backbone"):
+        wrap_backbone(bb, 3, feature_dim=6, last_conv="nope")
+    with pytest.raises(ConfigError, match="not part of the backbone"):
+        wrap_backbone(bb, 3, feature_dim=6, last_conv=nn.Conv2d(1, 1, 1))
+    built = build_model("tiny_cnn", num_classes=3, width=2)
+    assert built.last_conv is built.backbone.last_conv and last_conv_of(built) is built.backbone.last_conv
+    named = instantiate({"class_path": "lightning_ssl_backdoor.models.Classifier", "init_args": {
+        "backbone": {"class_path": f"{HERE}.PlainBackbone"}, "feature_dim": 5, "num_classes": 3, "last_conv": "net.0"}})
+    assert named.last_conv is named.backbone.net[0]
+    with pytest.raises(ConfigError, match=r"has 4 channels but the head takes 6 features.*last_conv="):
+        fine_prune(wrap_backbone(bb, 3, feature_dim=6, last_conv="0"), *_xy(), ft_steps=0)
+
+
+def test_grad_cam_and_nad_read_the_wrapped_last_conv():
+    wrapped = wrap_backbone(_convnet(), 3, feature_dim=6, mean=0.5, std=0.25)
+    assert target_layer(wrapped) is wrapped.backbone[0]
+    with pytest.raises(ConfigError, match="^Grad-CAM needs a last_conv module"):
+        target_layer(TinyNet(3))
+    x, y = _xy()
+    student = nad_distill(wrapped, x, y, teacher_steps=1, student_steps=1, batch_size=4)
+    assert isinstance(student, Classifier) and student is not wrapped
+    assert NeuralAttentionDistillation(layers=["backbone.0"]).requires == ()  # every layer named: no last_conv
+
+
+def test_a_defense_checks_the_rows_own_model_before_anything_trains(tmp_path, split):
+    def train_fn(*args, **kwargs):
+        raise AssertionError("trained before the model was checked")
+
+    ctx = DefenseContext(split=split, seed=0, algorithm=Spec("fixmatch"), data=DataConfig(), trainer=TrainerConfig(),
+                         model_args={"model": {"class_path": f"{HERE}.TinyNet", "init_args": {"num_classes": 3}}},
+                         stage_dir=tmp_path, train_fn=train_fn)
+    with pytest.raises(ConfigError, match=r"^defense 'fp' \(FinePruning\) needs a last_conv module.*TinyNet lacks"):
+        FinePruning().run(ctx)
+    with pytest.raises(ConfigError, match=r"^defense 'dbd' \(DBD\) needs a backbone module"):
+        DBD().run(ctx)
+    with pytest.raises(AssertionError, match="trained before"):  # fine-tuning needs forward only: on to training
+        FineTuning().run(ctx)

@@ -31,6 +31,11 @@ def test_reuse_page_runs(tmp_path):
     out = proc.stdout
     assert "clean accuracy after 5 steps:" in out and "ASR:" in out
     assert "SSL modules take dict batches" in out and "SSLDataModule" in out
+    # section 7: one defense of each kind on a model of one's own, and the missing-member sentence
+    assert "what each defense needs beyond forward: {" in out and "'fp': ('features', 'head', 'last_conv')" in out
+    assert "spectral: flagged" in out and "activation_clustering: flagged" in out
+    assert "fine-pruning removed" in out and "Backdoor Invalidator: ASR" in out
+    assert "fine_prune needs a last_conv module" in out and "wrap_backbone(net, num_classes, last_conv=" in out
 
 
 def test_reuse_page_yaml_parses():

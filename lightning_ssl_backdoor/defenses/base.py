@@ -43,13 +43,14 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from torch import nn
 
 from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models.interface import instantiate, require
 from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig, config_hash
 
 #: name -> class of every registered defense (filled by :func:`register_defense` on import)
@@ -191,15 +192,35 @@ class DefenseContext:
 
 
 class Defense:
-    """Base class: ``run(ctx)`` returns the row result (see the module docstring)."""
+    """Base class: ``run(ctx)`` returns the row result (see the module docstring).
+
+    ``requires``: what the defense reads of the row's model besides ``forward`` (keys of
+    :data:`lightning_ssl_backdoor.models.interface.MEMBERS`: ``features``, ``head``, ``last_conv``,
+    ``backbone``). :meth:`check_model` checks a model against it; :meth:`check_model_args` checks a
+    model of the user's own given in ``ctx.model_args["model"]`` before any training.
+    """
 
     name: ClassVar[str] = ""
+    requires: tuple[str, ...] = ()
+
+    def check_model(self, model: Any) -> nn.Module:
+        """``model`` if it has everything in ``requires``, else one ``ConfigError`` naming the member and the fix."""
+        return require(model, self.requires, f"defense '{self.name}' ({type(self).__name__})")
+
+    def check_model_args(self, ctx: DefenseContext) -> None:
+        """Check the row's own model (an instance, or a class_path mapping built here to be checked)
+        before anything trains; built-in ``arch`` models have every member."""
+        given = (ctx.model_args or {}).get("model")
+        if given is None or not self.requires:
+            return
+        self.check_model(instantiate(given) if isinstance(given, Mapping) else given)
 
     def algorithm(self, ctx: DefenseContext) -> Spec:
         """The algorithm the defended model trains with (training plug-ins override this)."""
         return ctx.algorithm
 
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        self.check_model_args(ctx)
         res = dict(ctx.train(ctx.split, algorithm=self.algorithm(ctx)))
         res["defense_info"] = dict(ctx.info)
         return res
@@ -212,6 +233,7 @@ class DataDefense(Defense):
         raise NotImplementedError
 
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        self.check_model_args(ctx)
         split, info = self.filter(ctx.split, ctx)
         res = dict(ctx.train(split, algorithm=self.algorithm(ctx)))
         res["defense_info"] = {**ctx.info, **info}
@@ -235,6 +257,7 @@ class ModelDefense(Defense):
         raise NotImplementedError
 
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        self.check_model_args(ctx)
         algorithm = self.algorithm(ctx)
         trained = (ctx.train_undefended() if algorithm == ctx.algorithm
                    else ctx.train(ctx.split, algorithm=algorithm, save_model=True))
@@ -243,7 +266,7 @@ class ModelDefense(Defense):
             return json.loads(done.read_text())
         models = ctx.load_model(trained)
         t0 = time.perf_counter()
-        repaired = self.repair(models.evaluated, ctx)
+        repaired = self.repair(self.check_model(models.evaluated), ctx)
         seconds = time.perf_counter() - t0
         res = {
             "test": ctx.evaluate(repaired),

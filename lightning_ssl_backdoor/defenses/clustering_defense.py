@@ -96,6 +96,7 @@ class ClusteringDefense(DataDefense):
                                           or feature_steps < 1):
             raise ConfigError(f"clustering feature_steps must be a positive integer or null, got {feature_steps!r}.")
         self.space, self.n_neighbors, self.pca_dim = space, n_neighbors, pca_dim
+        self.requires = ("features",) if space == "features" else ()
         self.threshold, self.threshold_ratio = threshold, float(threshold_ratio)
         self.min_cluster_size, self.largest_only = min_cluster_size, bool(largest_only)
         self.feature_steps, self.use_ema = feature_steps, bool(use_ema)

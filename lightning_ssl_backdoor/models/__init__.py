@@ -14,10 +14,13 @@ from lightning_ssl_backdoor.models.classifier import (
     wrap_backbone,
 )
 from lightning_ssl_backdoor.models.interface import (
+    MEMBERS,
     ModelSpec,
     check_model,
     instantiate,
+    last_conv_of,
     model_num_classes,
+    require,
     resolve_model,
 )
 from lightning_ssl_backdoor.models.registry import ARCHS, BUILDERS, build_model
@@ -37,6 +40,7 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "Classifier",
+    "MEMBERS",
     "ModelSpec",
     "ResNet18Backbone",
     "TinyCNNBackbone",
@@ -45,8 +49,10 @@ __all__ = [
     "build_model",
     "check_model",
     "instantiate",
+    "last_conv_of",
     "make_classifier",
     "model_num_classes",
+    "require",
     "resnet18",
     "resolve_model",
     "resolve_stats",

@@ -23,7 +23,9 @@ class Classifier(nn.Module):
     """``head(backbone(normalise(x)))``.
 
     ``backbone`` maps ``[B, C, H, W]`` to ``[B, feature_dim]`` penultimate features;
-    ``head`` is the last ``nn.Linear``.
+    ``head`` is the last ``nn.Linear``. ``last_conv``: the name (in ``backbone.named_modules()``)
+    of the module whose output is the last conv feature map, for the defenses that read it
+    (fine-pruning, NAD, Grad-CAM); ``None`` uses ``backbone.last_conv`` where the backbone has one.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class Classifier(nn.Module):
         num_classes: int,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
+        last_conv: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -41,6 +44,20 @@ class Classifier(nn.Module):
         self.head = nn.Linear(self.feature_dim, self.num_classes)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        if last_conv is not None and last_conv not in dict(backbone.named_modules()):
+            raise ConfigError(
+                f"last_conv {last_conv!r} is not a module of the backbone; give a name from "
+                "backbone.named_modules() (e.g. 'layer4' or 'features.28')."
+            )
+        self.last_conv_name = last_conv  # a name, not a second reference: the state_dict stays as it was
+
+    @property
+    def last_conv(self) -> Optional[nn.Module]:
+        """The module whose output is the last conv feature map (see the class docstring), or ``None``."""
+        if self.last_conv_name is not None:
+            return self.backbone.get_submodule(self.last_conv_name)
+        layer = getattr(self.backbone, "last_conv", None)
+        return layer if isinstance(layer, nn.Module) else None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -99,17 +116,31 @@ def make_classifier(
     return Classifier(backbone, backbone.feature_dim, num_classes, mean=mean_t, std=std_t)
 
 
+def find_last_conv(backbone: nn.Module, feature_dim: Optional[int] = None) -> Optional[str]:
+    """The name of ``backbone``'s last ``nn.Conv2d`` in registration order (the order of
+    ``named_modules()``, which is the order of the forward pass in most networks); with
+    ``feature_dim``, the last one with that many output channels. ``backbone.last_conv`` wins where
+    the backbone has one (returns ``None``: the Classifier reads it there)."""
+    if isinstance(getattr(backbone, "last_conv", None), nn.Module):
+        return None
+    convs = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+    matching = [n for n, m in convs if feature_dim is None or m.out_channels == feature_dim]
+    return matching[-1] if matching else None
+
+
 def wrap_backbone(
     backbone: nn.Module,
     num_classes: int,
     feature_dim: Optional[int] = None,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    last_conv: Optional[str | nn.Module] = None,
 ) -> Classifier:
     """A :class:`Classifier` around any ``backbone`` that maps images to feature vectors ``[B, D]``.
 
     The result follows the model interface every SSL module, surrogate and defense relies on
-    (``features``, ``head``, ``num_classes``, ``feature_dim``; see :mod:`.interface`).
+    (``features``, ``head``, ``num_classes``, ``feature_dim``, ``backbone``, ``last_conv``; see
+    :mod:`.interface`).
 
     Args:
         backbone: maps float images ``[B, C, H, W]`` to ``[B, D]`` (flatten any pooled map inside).
@@ -119,6 +150,10 @@ def wrap_backbone(
         mean, std: per-channel statistics the wrapper normalises [0, 1] images with before the
             backbone (one value per channel or a single value for all). ``None`` passes the [0, 1]
             images through unchanged (for a backbone that normalises on its own).
+        last_conv: the module whose output is the last conv feature map (fine-pruning, NAD and
+            Grad-CAM read it), as a name in ``backbone.named_modules()`` or the module itself;
+            ``None`` finds it (:func:`find_last_conv`: ``backbone.last_conv`` if there is one,
+            else the last ``nn.Conv2d`` with ``feature_dim`` output channels).
     """
     if not isinstance(backbone, nn.Module):
         raise ConfigError(f"wrap_backbone needs an nn.Module backbone, got {type(backbone).__name__}.")
@@ -144,4 +179,11 @@ def wrap_backbone(
             mean_t, std_t = mean_t * (n // len(mean_t)), std_t * (n // len(std_t))
         if len(mean_t) != len(std_t) or any(s <= 0 for s in std_t):
             raise ConfigError(f"mean and std need the same length and positive std, got {mean_t} and {std_t}.")
-    return Classifier(backbone, feature_dim, num_classes, mean=mean_t, std=std_t)
+    if isinstance(last_conv, nn.Module):
+        name = next((n for n, m in backbone.named_modules() if m is last_conv), None)
+        if name is None:
+            raise ConfigError("wrap_backbone's last_conv module is not part of the backbone; pass one of its modules.")
+        last_conv = name
+    elif last_conv is None:
+        last_conv = find_last_conv(backbone, feature_dim)
+    return Classifier(backbone, feature_dim, num_classes, mean=mean_t, std=std_t, last_conv=last_conv)

@@ -13,11 +13,22 @@ and the attacks that use a model touch only these members of it:
 - ``head``: the last layer, an ``nn.Linear(D, num_classes)``.
 - ``num_classes``: an int (when absent it is read from ``head.out_features``).
 
-Two defenses need a little more: DBD moves the ``backbone`` (the part ``features`` runs after
-normalising) between its stages and reads ``feature_dim``; DePuD's Grad-CAM reads
-``backbone.last_conv``. A :class:`~lightning_ssl_backdoor.models.Classifier` has all of them:
+Defenses: a defense uses ``forward`` alone unless it says otherwise. Each declares what more it
+needs in its class attribute ``requires`` (a tuple of :data:`MEMBERS` keys) and checks the model
+through :func:`require` before it uses it (at the start of its run for a model given in the row's
+``model_args``, and in every function that takes a model), so a model that lacks a member fails
+with one sentence naming the member and how to add it:
+
+- ``features`` and ``head`` (above): the feature-space detectors (spectral signatures, activation
+  clustering, clustering on features, self-training), fine-pruning;
+- ``last_conv``: the module whose output is the last convolutional feature map ``[B, C, h, w]``:
+  fine-pruning (whose channels must be the ``head``'s inputs), NAD's attention maps, Grad-CAM.
+  Found as ``model.last_conv`` or ``model.backbone.last_conv`` (:func:`last_conv_of`);
+- ``backbone`` with ``feature_dim``: DBD moves the backbone between its stages.
+
+A :class:`~lightning_ssl_backdoor.models.Classifier` has all of them:
 :func:`~lightning_ssl_backdoor.models.wrap_backbone` turns any module that maps images to feature
-vectors into one.
+vectors into one, and its ``last_conv`` argument names (or, by default, finds) the last conv layer.
 
 A model is given either as an instance, or (in YAML, and wherever a config must stay plain data) as
 a mapping ``{"class_path": "package.module.Class", "init_args": {...}}`` in the style of
@@ -29,7 +40,7 @@ ever imported; a plain name (``arch``) goes through the registry (:func:`.regist
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
@@ -119,6 +130,75 @@ def check_model(model: Any, num_classes: Optional[int] = None) -> nn.Module:
     return model
 
 
+#: what a defense may need of a model beyond ``forward``: (what it is, how a model gets it)
+MEMBERS: dict[str, tuple[str, str]] = {
+    "features": (
+        "a features(x) method returning the penultimate features [B, D], with forward(x) == head(features(x))",
+        "add that method, or wrap a plain backbone: lightning_ssl_backdoor.models.wrap_backbone(net, num_classes)",
+    ),
+    "head": (
+        "a head attribute, its last layer, an nn.Linear(D, num_classes)",
+        "name its last nn.Linear layer head, or wrap a plain backbone: "
+        "lightning_ssl_backdoor.models.wrap_backbone(net, num_classes)",
+    ),
+    "last_conv": (
+        "a last_conv module, whose output is its last convolutional feature map [B, C, h, w]",
+        "wrap the backbone with lightning_ssl_backdoor.models.wrap_backbone(net, num_classes, "
+        "last_conv='<name of that module in net.named_modules()>'), or give the model a last_conv property "
+        "returning that module",
+    ),
+    "backbone": (
+        "a backbone module (what features(x) runs after normalising) and an int feature_dim",
+        "wrap the backbone with lightning_ssl_backdoor.models.wrap_backbone(net, num_classes)",
+    ),
+}
+
+
+def last_conv_of(model: nn.Module) -> Optional[nn.Module]:
+    """The module whose output is ``model``'s last conv feature map: ``model.last_conv`` (a
+    :class:`Classifier` made by ``wrap_backbone(..., last_conv=...)``, or a model of your own), else
+    ``model.backbone.last_conv`` (every built-in backbone); ``None`` when neither exists."""
+    for owner in (model, getattr(model, "backbone", None)):
+        layer = getattr(owner, "last_conv", None) if owner is not None else None
+        if isinstance(layer, nn.Module):
+            return layer
+    return None
+
+
+def _has(model: nn.Module, member: str) -> bool:
+    if member == "features":
+        return callable(getattr(model, "features", None))
+    if member == "head":
+        return isinstance(getattr(model, "head", None), nn.Linear)
+    if member == "last_conv":
+        return last_conv_of(model) is not None
+    return isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "feature_dim", None), int)
+
+
+def _conv_names(model: nn.Module, last: int = 3) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    return f" (its conv layers end with {', '.join(names[-last:])})" if names else " (it has no nn.Conv2d)"
+
+
+def require(model: Any, requires: Sequence[str], who: str) -> nn.Module:
+    """Return ``model`` if it has every member of ``requires`` (keys of :data:`MEMBERS`), else raise
+    :class:`ConfigError` naming ``who`` (the defense or function), the first missing member and how
+    to add it."""
+    unknown = sorted(set(requires) - set(MEMBERS))
+    if unknown:
+        raise ValueError(f"{who} requires unknown model members {unknown}; choose from {sorted(MEMBERS)}.")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{who} needs an nn.Module model with forward(x) -> logits, got {type(model).__name__}.")
+    for member in requires:
+        if not _has(model, member):
+            what, fix = MEMBERS[member]
+            where = ""
+            if member == "last_conv":
+                where = _conv_names(getattr(model, "backbone", model))
+            raise ConfigError(f"{who} needs {what}, which {type(model).__name__} lacks{where}: {fix}.")
+    return model
+
+
 def resolve_model(
     model: Optional[ModelSpec],
     arch: str,
@@ -147,4 +227,13 @@ def resolve_model(
     return check_model(model, num_classes)
 
 
-__all__ = ["ModelSpec", "check_model", "instantiate", "model_num_classes", "resolve_model"]
+__all__ = [
+    "MEMBERS",
+    "ModelSpec",
+    "check_model",
+    "instantiate",
+    "last_conv_of",
+    "model_num_classes",
+    "require",
+    "resolve_model",
+]

@@ -18,6 +18,7 @@ from torch import nn
 
 from lightning_ssl_backdoor.augment import WeakAugment
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models.interface import last_conv_of, require
 
 __all__ = [
     "as_float",
@@ -89,16 +90,12 @@ def make_generator(seed: Optional[int], generator: Optional[torch.Generator] = N
     return generator if generator is not None else torch.Generator().manual_seed(int(seed or 0))
 
 
-def feature_map_module(model: nn.Module) -> nn.Module:
-    """The module whose output is the model's last conv feature map (``backbone.last_conv``)."""
-    backbone = getattr(model, "backbone", None)
-    module = getattr(backbone, "last_conv", None)
-    if module is None:
-        raise ConfigError(
-            "this defense needs a Classifier whose backbone exposes `last_conv` (every model in "
-            "lightning_ssl_backdoor.models does); wrap your network in `Classifier`."
-        )
-    return module
+def feature_map_module(model: nn.Module, who: str = "this defense") -> nn.Module:
+    """The module whose output is the model's last conv feature map (``last_conv``: see
+    :func:`lightning_ssl_backdoor.models.last_conv_of`); ``ConfigError`` naming ``who`` and the fix
+    when the model has none."""
+    require(model, ("last_conv",), who)
+    return last_conv_of(model)
 
 
 @contextmanager

@@ -57,6 +57,8 @@ class FeatureDetector(DataDefense):
     labels from ``model`` when ``labels`` is None) and call :meth:`_detector_options`.
     """
 
+    requires = ("features",)  # the detectors score penultimate features
+
     def _detector_options(self, pool: str, feature_steps: Optional[int], use_ema: bool) -> None:
         if pool not in POOLS:
             raise ConfigError(f"{self.name} pool must be one of {list(POOLS)}, got {pool!r}.")
@@ -85,7 +87,7 @@ class FeatureDetector(DataDefense):
             res = ctx.train(split, name="detector", trainer=trainer, save_model=True)
         models = ctx.load_model(res)
         use_ema = self.use_ema and models.ema is not None
-        model = models.ema if use_ema else models.raw
+        model = self.check_model(models.ema if use_ema else models.raw)
         return to_defense_device(model, ctx).eval(), {"steps": res.get("steps"), "test": res.get("test", {}),
                               "weights": "ema" if use_ema else "raw"}
 

@@ -106,6 +106,7 @@ class ActivationClustering(FeatureDetector):
 
     def detect(self, model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                seed: int = 0) -> DetectionResult:
+        self.check_model(model)
         labels = predict_logits(model, images).argmax(1) if labels is None else labels
         scores, keep, info = activation_clustering_scores(
             penultimate_features(model, images), labels, self.dims, self.size_threshold, seed

@@ -45,14 +45,19 @@ from lightning_ssl_backdoor.defenses.baselines._common import (
 )
 from lightning_ssl_backdoor.defenses.baselines.ft import epochs_to_steps
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models.interface import require
 
 __all__ = ["FinePruning", "fine_prune", "mean_channel_activation", "pruning_order", "prune_channels"]
+
+
+#: what fine-pruning reads of a model besides forward (models/interface.py)
+REQUIRES = ("features", "head", "last_conv")
 
 
 @torch.no_grad()
 def mean_channel_activation(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """``a_c``: mean over images and positions of each channel of the last conv feature map, ``[D]``."""
-    module, device = feature_map_module(model), next(model.parameters()).device
+    module, device = feature_map_module(model, "fine-pruning"), next(model.parameters()).device
     total, count = None, 0
     with eval_mode(model), capture([module]) as out:
         for s in range(0, images.shape[0], batch_size):
@@ -72,9 +77,7 @@ def pruning_order(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def prune_channels(model: nn.Module, channels: torch.Tensor) -> nn.Module:
     """Remove ``channels`` of the last feature map in place (zero the head columns, kept zero by a mask)."""
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Linear):
-        raise ConfigError("fine-pruning needs a Classifier with a linear `head`; wrap your network in `Classifier`.")
+    head = require(model, ("head",), "fine-pruning").head
     mask = torch.ones_like(head.weight)
     mask[:, torch.as_tensor(channels, dtype=torch.long)] = 0.0
     if prune.is_pruned(head):
@@ -111,9 +114,15 @@ def fine_prune(
     """Prune (``prune_ratio`` of the channels, or as many as keep accuracy within ``max_accuracy_drop``
     of the unpruned model's on ``images``), fine-tune for ``ft_steps``; return ``(model copy, info)``."""
     check_images_labels(images, labels, "fine-pruning images")
-    model = clone(model)
+    model = clone(require(model, REQUIRES, "fine_prune"))
     order = pruning_order(model, images)
     d = order.numel()
+    if d != model.head.in_features:
+        raise ConfigError(
+            f"fine_prune: the last conv layer has {d} channels but the head takes {model.head.in_features} "
+            "features; name the conv layer whose channels are pooled into the features: "
+            "wrap_backbone(net, num_classes, last_conv='<its name in net.named_modules()>')."
+        )
     if prune_ratio is not None:
         if not 0.0 <= float(prune_ratio) < 1.0:
             raise ConfigError(f"prune_ratio must lie in [0, 1), got {prune_ratio}.")
@@ -136,6 +145,7 @@ class FinePruning(ModelDefense):
     """``defense: fp``: ``repair(model, ctx)`` fine-prunes on the defender's benign labeled data."""
 
     name = "fp"
+    requires = REQUIRES
 
     def __init__(self, prune_ratio: Optional[float] = None, max_accuracy_drop: float = 0.04, lr: float = 0.01,
                  epochs: float = 10, batch_size: int = 64, benign: str = "labeled") -> None:

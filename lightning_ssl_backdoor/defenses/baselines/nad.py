@@ -56,9 +56,9 @@ def nad_loss(student_map: torch.Tensor, teacher_map: torch.Tensor, p: float = 2.
 
 def _modules(model: nn.Module, layers: Optional[Sequence[str]]) -> list[nn.Module]:
     if not layers:
-        return [feature_map_module(model)]
+        return [feature_map_module(model, "NAD")]
     try:
-        return [feature_map_module(model) if n == "last_conv" else model.get_submodule(n) for n in layers]
+        return [feature_map_module(model, "NAD") if n == "last_conv" else model.get_submodule(n) for n in layers]
     except AttributeError as e:
         raise ConfigError(f"NAD layer not found in the model ({e}); give module names of model.named_modules().") from None
 
@@ -108,6 +108,7 @@ class NeuralAttentionDistillation(ModelDefense):
     """``defense: nad``: ``repair(model, ctx)`` distils on the defender's benign labeled data."""
 
     name = "nad"
+    requires = ("last_conv",)  # the default layer; none when every layer is named (see __init__)
 
     def __init__(self, beta: float | Sequence[float] = 5000.0, p: float = 2.0, layers: Optional[Sequence[str]] = None,
                  lr: float = 0.01, teacher_epochs: float = 10, epochs: float = 10, batch_size: int = 64,
@@ -115,6 +116,8 @@ class NeuralAttentionDistillation(ModelDefense):
         check_positive(p=p, lr=lr, teacher_epochs=teacher_epochs, epochs=epochs, batch_size=batch_size)
         self.benign = check_benign(benign)
         self.beta, self.p, self.layers = beta, float(p), list(layers) if layers else None
+        if self.layers and "last_conv" not in self.layers:
+            self.requires = ()
         self.lr, self.teacher_epochs, self.epochs, self.batch_size = float(lr), teacher_epochs, epochs, int(batch_size)
 
     def repair(self, model: nn.Module, ctx: Any) -> nn.Module:

@@ -94,6 +94,7 @@ class SpectralSignatures(FeatureDetector):
     def detect(self, model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                seed: int = 0) -> DetectionResult:
         """Scores and keep mask of ``images`` (pseudo-labels from ``model`` when ``labels`` is None)."""
+        self.check_model(model)
         labels = predict_logits(model, images).argmax(1) if labels is None else labels
         scores = spectral_scores(penultimate_features(model, images), labels, relative=self.relative)
         keep = spectral_keep_mask(scores, labels, self.epsilon)

@@ -124,6 +124,7 @@ class DBD(Defense):
     """Decoupling-based backdoor defense: SimCLR -> frozen-backbone SCE head -> MixMatch fine-tune."""
 
     name = "dbd"
+    requires = ("features", "head", "backbone")  # stages move the backbone, train the head on features
 
     def __init__(
         self,
@@ -234,6 +235,7 @@ class DBD(Defense):
 
     # ----------------------------------------------------------------------- run
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        self.check_model_args(ctx)
         threat = self.resolve_threat_model(ctx.split)
         split = ctx.split if self.uses_unlabeled(threat) else _labeled_only(ctx.split)
         ranked = "nothing (labeled set trusted)"

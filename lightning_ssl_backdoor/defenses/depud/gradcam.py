@@ -21,15 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.models.interface import last_conv_of, require
 
 
 def target_layer(model: nn.Module) -> nn.Module:
-    """The Grad-CAM layer of a ``Classifier``: ``model.backbone.last_conv``."""
-    backbone = getattr(model, "backbone", None)
-    layer = getattr(backbone, "last_conv", None) if backbone is not None else None
-    if not isinstance(layer, nn.Module):
-        raise ConfigError("Grad-CAM needs a Classifier whose backbone has a last_conv module (see models/registry.py).")
-    return layer
+    """The Grad-CAM layer: the model's ``last_conv`` (:func:`lightning_ssl_backdoor.models.last_conv_of`)."""
+    require(model, ("last_conv",), "Grad-CAM")
+    return last_conv_of(model)
 
 
 def normalize_maps(cams: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

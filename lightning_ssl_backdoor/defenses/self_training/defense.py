@@ -141,6 +141,7 @@ class SelfTrainingDefense(Defense):
 
     # ----------------------------------------------------------------------- run
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
+        self.check_model_args(ctx)
         done = ctx.stage_dir / "self_training.json"
         if done.is_file():
             return json.loads(done.read_text())
@@ -177,6 +178,7 @@ class SelfTrainingSimCLR(SelfTrainingDefense):
 
     name = "self_training_simclr"
     default_augment = None
+    requires = ("features", "backbone")  # the SimCLR stage trains the row's backbone, then reads its features
 
     def __init__(self, simclr: Optional[dict] = None, share_simclr: bool = True,
                  backbone_checkpoint: Optional[str] = None, assignment: str = "majority",
