@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from jsonargparse import ArgumentParser
 
@@ -30,7 +32,9 @@ def test_every_option_is_visible_to_jsonargparse_and_build_attack(name):
 def test_subclass_options_are_keyword_and_base_ones_keep_their_order():
     wanet = build_attack("wanet", target=3, budget=7, noise_rate=0.1)
     assert (wanet.target, wanet.budget, wanet.noise_rate) == (3, 7, 0.1)
-    assert ATTACKS["wanet"](3, 1, 7).budget == 7  # positional arguments still go to Attack in its order
+    with pytest.raises(TypeError):  # options are keyword-only: the published signature says so
+        ATTACKS["wanet"](3, 1, 7)
+    assert str(inspect.signature(ATTACKS["wanet"])).startswith("(*, ")
     with pytest.raises(ConfigError, match="does not take option"):
         build_attack("interpolation", trigger={"name": "badnets"})
     with pytest.raises(ConfigError, match="no trigger"):

@@ -111,13 +111,13 @@ class PGDOptions:
 
     def __init__(
         self,
-        *args: Any,
+        *,
         eps: float = 16.0 / 255.0,
         steps: int = 10,
         step_size: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if not 0 < float(eps) <= 1 or int(steps) < 1:
             raise ConfigError(f"{self.name} needs 0 < eps <= 1 and steps >= 1, got eps={eps}, steps={steps}.")
         self.eps, self.steps = float(eps), int(steps)

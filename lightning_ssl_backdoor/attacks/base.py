@@ -30,6 +30,7 @@ import torch
 
 from lightning_ssl_backdoor.data.imageset import ImageSet, quantize
 from lightning_ssl_backdoor.data.split import PoisonedSplit, SSLSplit
+from lightning_ssl_backdoor.signatures import keyword_parameters, publish_signature
 from lightning_ssl_backdoor.errors import ConfigError, DataFormatError
 from lightning_ssl_backdoor.triggers import TRIGGER_FACTORIES, Trigger, build_trigger
 
@@ -93,7 +94,7 @@ class Attack:
     so that :meth:`config` can report it (and YAML / jsonargparse can build the attack).
 
     The options below live here only: a subclass declares its own options and passes the rest on,
-    ``def __init__(self, *args, eps: float = ..., **kwargs): super().__init__(*args, **kwargs)``
+    ``def __init__(self, *, eps: float = ..., **kwargs): super().__init__(**kwargs)``
     (jsonargparse follows ``**kwargs`` into this signature; :meth:`options` lists them all). A base
     option a subclass fixes itself goes into ``fixed_options`` (not accepted by ``build_attack``).
 
@@ -158,18 +159,14 @@ class Attack:
     @classmethod
     def options(cls) -> Dict[str, inspect.Parameter]:
         """Every constructor option: the class's own ``__init__`` parameters and, through
-        ``**kwargs``, those of the classes it passes them on to (up to :class:`Attack`)."""
-        out: Dict[str, inspect.Parameter] = {}
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            params = inspect.signature(init).parameters.values()
-            out.update({p.name: p for p in params if p.name != "self" and p.name not in out
-                        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)})
-            if not any(p.kind is p.VAR_KEYWORD for p in params):
-                break
-        return {k: v for k, v in out.items() if k not in cls.fixed_options}
+        ``**kwargs``, those of the classes it passes them on to (up to :class:`Attack`), less the
+        ``fixed_options`` the class sets itself."""
+        return keyword_parameters(cls, cls.fixed_options)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # the full option list as ``__init__.__signature__`` (inspect, IDEs, the config parsers)
+        super().__init_subclass__(**kwargs)
+        publish_signature(cls, cls.fixed_options)
 
     @property
     def needs_model(self) -> bool:

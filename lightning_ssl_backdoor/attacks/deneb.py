@@ -240,7 +240,7 @@ class DeNeBAttack(Attack):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         eps: float = 32.0 / 255.0,
         steps: int = 1000,
         lr: float = 0.01,
@@ -260,7 +260,7 @@ class DeNeBAttack(Attack):
         tie_w: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if precision not in ("float32", "float64"):
             raise ConfigError(f"precision must be 'float32' or 'float64', got {precision!r}.")
         if update not in UPDATES:

@@ -189,7 +189,7 @@ class InterpolationAttack(Attack):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         target_image: Optional[int] = None,
         source: str = "labeled",
         source_index: Optional[int] = None,
@@ -204,7 +204,7 @@ class InterpolationAttack(Attack):
     ) -> None:
         if kwargs.get("trigger") is not None:
             raise ConfigError("interpolation poisons carry no trigger (they interpolate to a test image); remove the trigger option.")
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if self.injection != "append":
             raise ConfigError("interpolation poisons have no source image in the unlabeled set; use injection='append'.")
         if source not in SOURCES:

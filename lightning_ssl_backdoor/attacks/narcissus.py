@@ -65,7 +65,7 @@ class NarcissusAttack(CleanLabelAttack):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         eps: float = 16.0 / 255.0,
         steps: int = 200,
         step_size: Optional[float] = None,
@@ -73,7 +73,7 @@ class NarcissusAttack(CleanLabelAttack):
         test_multiplier: float = 3.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if self.trigger is not None:
             raise ConfigError("narcissus optimises its own trigger; remove the trigger option.")
         if not 0 < float(eps) <= 1 or int(steps) < 1 or int(batch_size) < 1:

@@ -71,11 +71,11 @@ class WaNetAttack(PoisonLabelAttack):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         noise_rate: float = 0.2,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if not 0.0 <= float(noise_rate) < 1.0:
             raise ConfigError(f"noise_rate must lie in [0, 1), got {noise_rate}.")
         self.noise_rate = float(noise_rate)

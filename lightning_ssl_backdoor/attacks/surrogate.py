@@ -182,3 +182,18 @@ def accuracy(model, images: ImageSet | torch.Tensor, labels: Optional[torch.Tens
 
 
 __all__: Sequence[str] = ["accuracy", "data_stats", "load_surrogate", "save_surrogate", "train_surrogate"]
+
+
+def surrogate_parameters() -> dict:
+    """The options of a ``surrogate`` config block, typed: :func:`train_surrogate`'s (less the data
+    and the progress bar) plus ``checkpoint``, a file of :func:`save_surrogate` used instead of
+    training one."""
+    import inspect
+
+    from lightning_ssl_backdoor.signatures import function_parameters
+
+    params = function_parameters(train_surrogate, exclude=("labeled", "progress"))
+    params["checkpoint"] = inspect.Parameter("checkpoint", inspect.Parameter.KEYWORD_ONLY,
+                                             default=None, annotation=Optional[str])
+    return params
+

@@ -91,10 +91,12 @@ class InvalidatorMixin:
 
     #: unlabeled views BI needs besides the host's own (added to the batch, not to the host's list)
     invalidator_views = ("weak", "strong")
+    #: BI's options, taken out of ``**kwargs`` (listed in the host's published signature)
+    signature_options = staticmethod(check_options)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         opts = check_options(**{k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs})
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters(opts)
         c = int(self.hparams.num_classes)
         self.gaussian = GaussianFilter(opts["filter_radius"])
@@ -353,6 +355,8 @@ class Invalidator(Defense):
     transition matrix goes to ``defense_info``."""
 
     name = "invalidator"
+    #: the options ``**options`` takes (listed in the published signature and typed by the parsers)
+    signature_options = staticmethod(check_options)
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(OPTION_NAMES))

@@ -20,10 +20,10 @@ class FixMatch(SSLModule):
 
     unlabeled_views = ("weak", "strong")
 
-    def __init__(self, *args: Any, threshold: float = 0.95, **kwargs: Any) -> None:
+    def __init__(self, *, threshold: float = 0.95, **kwargs: Any) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be in [0, 1], got {threshold}.")
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def unlabeled_logits(self, labeled: dict, unlabeled: dict):

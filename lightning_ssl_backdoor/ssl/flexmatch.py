@@ -51,14 +51,14 @@ class FlexMatch(SSLModule):
     unlabeled_views = ("weak", "strong")
 
     def __init__(
-        self, *args: Any, threshold: float = 0.95, threshold_warmup: bool = True, mapping: str = "convex",
+        self, *, threshold: float = 0.95, threshold_warmup: bool = True, mapping: str = "convex",
         **kwargs: Any,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be in [0, 1], got {threshold}.")
         if mapping not in MAPPINGS:
             raise ConfigError(f"mapping must be one of {list(MAPPINGS)}, got {mapping!r}.")
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.register_buffer("selected_label", torch.zeros(0, dtype=torch.long))
         self.register_buffer("classwise_acc", torch.zeros(self.hparams.num_classes))

@@ -31,11 +31,11 @@ class MeanTeacher(SSLModule):
     unlabeled_views = ("weak", "weak2")
 
     def __init__(
-        self, *args: Any, rampup_ratio: float = 0.4, rampup_shape: str = "sigmoid", ema_warmup: bool = True,
+        self, *, rampup_ratio: float = 0.4, rampup_shape: str = "sigmoid", ema_warmup: bool = True,
         **kwargs: Any,
     ) -> None:
         self.check_ramp(rampup_ratio, rampup_shape)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if self.ema_model is None:
             raise ConfigError("MeanTeacher's teacher is the EMA model: set ema_decay (for example 0.999), not null.")
         self.save_hyperparameters()

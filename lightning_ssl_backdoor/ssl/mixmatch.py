@@ -29,7 +29,7 @@ class MixMatch(SSLModule):
     """MixMatch. ``num_augmentations``: K; ``temperature``: T; ``mixup_alpha``; ``rampup_*``."""
 
     def __init__(
-        self, *args: Any, num_augmentations: int = 2, temperature: float = 0.5, mixup_alpha: float = 0.75,
+        self, *, num_augmentations: int = 2, temperature: float = 0.5, mixup_alpha: float = 0.75,
         rampup_ratio: float = 1.0 / 64, rampup_shape: str = "linear", **kwargs: Any,
     ) -> None:
         if num_augmentations < 1:
@@ -39,7 +39,7 @@ class MixMatch(SSLModule):
                 f"temperature and mixup_alpha must be positive, got {temperature} and {mixup_alpha}."
             )
         self.check_ramp(rampup_ratio, rampup_shape)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.unlabeled_views = ("weak",) + tuple(f"weak{k + 1}" for k in range(1, num_augmentations))
 

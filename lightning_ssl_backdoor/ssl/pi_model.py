@@ -23,9 +23,9 @@ class PiModel(SSLModule):
 
     unlabeled_views = ("weak", "weak2")
 
-    def __init__(self, *args: Any, rampup_ratio: float = 0.4, rampup_shape: str = "sigmoid", **kwargs: Any) -> None:
+    def __init__(self, *, rampup_ratio: float = 0.4, rampup_shape: str = "sigmoid", **kwargs: Any) -> None:
         self.check_ramp(rampup_ratio, rampup_shape)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def compute_losses(self, labeled: dict, unlabeled: Optional[dict]) -> dict[str, Any]:

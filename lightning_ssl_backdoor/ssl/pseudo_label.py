@@ -25,13 +25,13 @@ class PseudoLabel(SSLModule):
     unlabeled_views = ("weak",)
 
     def __init__(
-        self, *args: Any, threshold: float = 0.95, rampup_ratio: float = 0.4,
+        self, *, threshold: float = 0.95, rampup_ratio: float = 0.4,
         rampup_shape: str = "linear", **kwargs: Any,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be in [0, 1], got {threshold}.")
         self.check_ramp(rampup_ratio, rampup_shape)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def compute_losses(self, labeled: dict, unlabeled: Optional[dict]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class UDA(SSLModule):
     unlabeled_views = ("weak", "strong")
 
     def __init__(
-        self, *args: Any, temperature: float = 0.4, threshold: float = 0.8, tsa: Optional[str] = None, **kwargs: Any
+        self, *, temperature: float = 0.4, threshold: float = 0.8, tsa: Optional[str] = None, **kwargs: Any
     ) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}.")
@@ -41,7 +41,7 @@ class UDA(SSLModule):
             raise ConfigError(f"threshold must be in [0, 1], got {threshold}.")
         if tsa is not None and tsa not in TSA_SCHEDULES:
             raise ConfigError(f"tsa must be null or one of {list(TSA_SCHEDULES)}, got {tsa!r}.")
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def labeled_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Optional[float]]:

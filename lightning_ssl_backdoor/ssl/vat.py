@@ -41,7 +41,7 @@ class VAT(SSLModule):
     unlabeled_views = ("weak",)
 
     def __init__(
-        self, *args: Any, xi: float = 1e-6, eps: float = 6.0, power_iterations: int = 1,
+        self, *, xi: float = 1e-6, eps: float = 6.0, power_iterations: int = 1,
         eps_space: str = "normalized", entmin_weight: float = 0.0, rampup_ratio: float = 0.4,
         rampup_shape: str = "linear", **kwargs: Any,
     ) -> None:
@@ -54,7 +54,7 @@ class VAT(SSLModule):
         if entmin_weight < 0:
             raise ConfigError(f"entmin_weight must be >= 0, got {entmin_weight}.")
         self.check_ramp(rampup_ratio, rampup_shape)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def _to_pixels(self, r: torch.Tensor) -> torch.Tensor:

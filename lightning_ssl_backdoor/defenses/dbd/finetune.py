@@ -59,7 +59,7 @@ class DBDFineTune(MixMatch):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         init_checkpoint: Optional[str] = None,
         filter_rate: float = 0.5,
         rank: bool = True,
@@ -93,7 +93,7 @@ class DBDFineTune(MixMatch):
             raise ConfigError(f"rank_loss must be one of {list(ROBUST_LOSSES)}, got {rank_loss!r}.")
         if adam_weight_decay < 0 or rank_batch_size < 1:
             raise ConfigError("adam_weight_decay must be >= 0 and rank_batch_size >= 1.")
-        super().__init__(*args, temperature=temperature, lambda_u=lambda_u, lr=lr, ema_decay=ema_decay, **kwargs)
+        super().__init__(temperature=temperature, lambda_u=lambda_u, lr=lr, ema_decay=ema_decay, **kwargs)
         self.save_hyperparameters()
         if init_checkpoint:
             load_into(self.model, load_classifier_state(init_checkpoint), "stage-2 model", init_checkpoint)

@@ -136,7 +136,7 @@ class LinearHead(SSLModule):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         backbone_checkpoint: Optional[str] = None,
         loss: str = "sce",
         sce_alpha: float = 0.1,
@@ -152,7 +152,7 @@ class LinearHead(SSLModule):
         loss_fn = robust_loss_fn(loss, **loss_kwargs_of(loss, sce_alpha, sce_beta, gce_q, apl_alpha, apl_beta))
         if adam_weight_decay < 0:
             raise ConfigError(f"adam_weight_decay must be >= 0, got {adam_weight_decay}.")
-        super().__init__(*args, lr=lr, ema_decay=ema_decay, **kwargs)
+        super().__init__(lr=lr, ema_decay=ema_decay, **kwargs)
         self.save_hyperparameters()
         self._loss_fn = loss_fn
         if backbone_checkpoint:

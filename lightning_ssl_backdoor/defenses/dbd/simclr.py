@@ -61,7 +61,7 @@ class SimCLR(SSLModule):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         temperature: float = 0.5,
         proj_dim: int = 128,
         proj_hidden: Optional[int] = None,
@@ -80,7 +80,7 @@ class SimCLR(SSLModule):
     ) -> None:
         if temperature <= 0:
             raise ConfigError(f"SimCLR temperature must be positive, got {temperature}.")
-        super().__init__(*args, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        super().__init__(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                          ema_decay=ema_decay, **kwargs)
         self.save_hyperparameters()
         dim = self.model.feature_dim

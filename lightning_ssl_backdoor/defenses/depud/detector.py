@@ -52,7 +52,7 @@ class PoisonDetector(SSLModule):
 
     def __init__(
         self,
-        *args: Any,
+        *,
         alpha_mix: float = 4.0,
         l1: float = 1e-6,
         l2: float = 1e-6,
@@ -68,7 +68,7 @@ class PoisonDetector(SSLModule):
         kwargs["num_classes"] = 2
         kwargs.setdefault("ema_decay", None)
         kwargs.setdefault("weight_decay", 0.0)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     # ----------------------------------------------------------------- training

@@ -115,7 +115,7 @@ class PurificationMixin:
 
     def __init__(
         self,
-        *args: Any,
+        *,
         purify_mode: str = "ocdp",
         sigma: float = 100.0 / 255.0,
         masks_path: Optional[str] = None,
@@ -125,7 +125,7 @@ class PurificationMixin:
             raise ConfigError(f"purify_mode must be one of {list(MODES)}, got {purify_mode!r}.")
         if sigma < 0:
             raise ConfigError(f"sigma must be >= 0, got {sigma}.")
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.register_buffer("_purify_masks", torch.zeros(0, 0, 0, dtype=torch.uint8), persistent=False)
         self.register_buffer("_purify_mean", torch.zeros(0), persistent=False)
