@@ -30,7 +30,7 @@ import torch
 from lightning_ssl_backdoor._lightning import TorchCheckpointIO
 from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
 
-from lightning_ssl_backdoor import faults
+from lightning_ssl_backdoor import faults, termination
 from lightning_ssl_backdoor.errors import CheckpointError
 
 PREV_SUFFIX = ".prev"
@@ -70,7 +70,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            with termination.writing(tmp), open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
                 fh.flush()
                 faults.crash_point("checkpoint")
@@ -88,7 +88,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         path = Path(path)
         if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt_path.")
+            raise CheckpointError(_not_a_checkpoint_file(path))
         try:
             return torch.load(path, map_location=map_location or (lambda storage, loc: storage), weights_only=True)
         except pickle.UnpicklingError as e:
@@ -105,6 +105,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
         Path(str(path) + PREV_SUFFIX).unlink(missing_ok=True)
+
+
+def _not_a_checkpoint_file(path: Path) -> str:
+    """Why ``path``, which is no regular file, cannot be a checkpoint: missing, a folder, or a FIFO /
+    device (never opened: a FIFO would block, ``/dev/zero`` never ends)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"checkpoint {path} does not exist; check --ckpt_path."
+    except OSError as e:
+        return f"checkpoint {path} cannot be read ({e.strerror or e}); check --ckpt_path."
+    if stat.S_ISDIR(mode):
+        return f"checkpoint {path} is a folder, not a checkpoint file; give the .ckpt file inside it to --ckpt_path."
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"checkpoint {path} is {kind}, not a checkpoint file; give a .ckpt file written by this package to --ckpt_path."
 
 
 def _global_named(e: Exception) -> str:

@@ -10,7 +10,8 @@ Exit codes (documented in the README):
 * 1: a fault at run time (fix the environment, then rerun the same command to resume): the output
   folder is locked by another run, the disk is full, permission denied, any other ``OSError``, and
   any unexpected exception (one line naming it; ``SSL_BACKDOOR_TRACEBACK=1`` shows the traceback);
-* 130: interrupted (Ctrl-C), with the way to resume.
+* 130: interrupted (Ctrl-C), with the way to resume;
+* 143: terminated (SIGTERM, handled as Ctrl-C: workers stopped, locks released), with the way to resume.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def _parse_error_sentence(e: BaseException) -> str:
     if ours:
         return str(ours[-1])
     text = "\n".join(str(x) for x in chain)
+    lightning = sys.modules.get("lightning_ssl_backdoor._lightning")  # loaded by the commands that use Lightning
+    foreign = lightning.foreign_class_in_error(text) if lightning is not None else None
+    if foreign:  # a class_path from the other Lightning namespace: say so and name the fix
+        return foreign
     keys: list[str] = []
     for k in re.findall(r'Parser key "([^"]+)"', text):
         if k not in keys:
@@ -103,8 +108,9 @@ def _os_error(e: OSError) -> tuple[int, str]:
         return EXIT_FAULT, (f"permission denied writing or reading{target} ({e.strerror}); choose a "
                             "writable output folder or fix its permissions, then rerun the same command.")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EXIT_FAULT, (f"no space left on the device while writing{target}; the last complete "
-                            "checkpoint and stages are kept: free space and rerun the same command to resume.")
+        where = f" {path}" if path else " (the output folder)"
+        return EXIT_FAULT, (f"no space left on the device while writing{where}; files are written atomically, so "
+                            "everything finished before is kept whole: free space and rerun the same command.")
     detail = e.strerror or _one_line(str(e)) or type(e).__name__
     return EXIT_FAULT, f"input/output error{target}: {detail}; fix the cause and rerun the same command."
 
@@ -147,11 +153,18 @@ def classify(e: BaseException) -> tuple[int, str]:
 
 def guarded(cmd: str, fn: Callable[[], int], interrupt_hint: Optional[Callable[[], str]] = None) -> int:
     """Run ``fn`` (one subcommand) and turn whatever it raises into one line on stderr + exit code."""
+    from lightning_ssl_backdoor import safe_yaml, termination
+
+    safe_yaml.install()  # -c files and YAML values: an alias bomb is refused (safe_yaml.MAX_YAML_NODES)
+    termination.install()  # SIGTERM stops the run as Ctrl-C does (exit 143)
     try:
         return int(fn() or 0)
     except KeyboardInterrupt:
         hint = (interrupt_hint() if interrupt_hint else None) or RESUME_HINTS.get(
             cmd, f"run the same `ssl-backdoor {cmd}` command again.")
+        if termination.received():
+            print(f"\nterminated (SIGTERM): {hint}", file=sys.stderr)
+            return termination.EXIT_TERMINATED
         print(f"\ninterrupted: {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as e:  # argparse's --help / --print_config (0) and its own usage errors

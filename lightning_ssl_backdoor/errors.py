@@ -40,6 +40,10 @@ class CheckpointError(ArtifactError):
     """A checkpoint is unreadable (truncated, corrupted) or holds objects that are not plain data."""
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite (a learning rate too high, a value that is not finite)."""
+
+
 class RunFault(SSLBackdoorError, RuntimeError):
     """The run cannot go on for a reason outside its input (exit code 1)."""
 

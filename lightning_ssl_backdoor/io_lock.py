@@ -20,6 +20,9 @@ from typing import Iterator, Optional
 
 from lightning_ssl_backdoor.errors import OutputLockedError
 
+#: the locks this process holds (released by :func:`release_all` when a worker is terminated)
+_HELD: set[Path] = set()
+
 
 def lock_path(target: Path) -> Path:
     target = Path(target)
@@ -72,15 +75,24 @@ def acquire(target: Path) -> Path:
             continue
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
+        _HELD.add(path)
         return path
     raise OutputLockedError(f"could not lock {target}: {path} keeps reappearing; is another run starting?")
 
 
 def release(path: Path) -> None:
+    _HELD.discard(path)
     holder = _holder(path)
     if holder is not None and holder.get("pid") == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def release_all() -> None:
+    """Release every lock this process holds (a worker stopped by SIGTERM: :mod:`lightning_ssl_backdoor.termination`)."""
+    for path in list(_HELD):
+        with contextlib.suppress(OSError):
+            release(path)
 
 
 @contextlib.contextmanager

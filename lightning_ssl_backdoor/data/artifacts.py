@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from lightning_ssl_backdoor import faults
+from lightning_ssl_backdoor import faults, termination
 from lightning_ssl_backdoor.errors import ArtifactError, malformed
 
 MANIFEST_SUFFIX = ".json"  # the readable copy beside the archive
@@ -36,7 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as fh:
+        with termination.writing(tmp), os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             faults.crash_point(f"write:{path.name}")
@@ -45,9 +45,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise type(e)(e.errno, e.strerror, str(path)) from e  # a full disk names the file it was writing
         raise
     return path
 

@@ -11,8 +11,12 @@ options, root), named by a hash of those, holding ``images``, ``labels``, ``clas
   files on every start would cost what the cache saves);
 * ``arrays``: sha256 of each stored array (:func:`~lightning_ssl_backdoor.data.artifacts.sha256_array`).
 
-On load both are checked: changed sources or a tampered / truncated cache file make the cache
-stale, it is rebuilt (a warning says why) and replaced atomically (temporary file, then rename).
+On load both are checked: changed sources make the cache stale, and it is rebuilt (a warning says
+why) and replaced atomically (temporary file, then rename); a cache file that cannot be read or
+interpreted (truncated, tampered, a manifest that is not a JSON object) is set aside as
+``NAME.corrupt-N`` with a warning naming it (:mod:`~lightning_ssl_backdoor.data.cache_entry`),
+and rebuilt. Only regular files are fingerprinted: a FIFO or a device in the data (a symbolic
+link to ``/dev/zero``) is refused with its name, never opened.
 Loaded with ``allow_pickle=False``. Where the cache lives: ``cache_dir``, else
 ``$SSL_BACKDOOR_CACHE``, else ``$XDG_CACHE_HOME/lightning_ssl_backdoor`` (``~/.cache/...``).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -32,7 +37,9 @@ import numpy as np
 import torch
 
 from lightning_ssl_backdoor.data.artifacts import sha256_array
+from lightning_ssl_backdoor.data.cache_entry import set_aside
 from lightning_ssl_backdoor.data.imageset import ImageSet
+from lightning_ssl_backdoor.data.readers_common import not_regular, open_regular
 
 CACHE_VERSION = 1
 CONTENT_HASH_MAX_FILES = 256
@@ -48,7 +55,7 @@ def default_cache_dir() -> Path:
 
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -57,7 +64,7 @@ def _sha256_file(path: Path) -> str:
 def source_fingerprint(root: Path) -> list[dict]:
     """What the data under ``root`` (a file or a folder) was read from (see the module docstring)."""
     root = Path(root)
-    if root.is_file():
+    if not root.is_dir():
         return [{"path": root.name, "size": root.stat().st_size, "sha256": _sha256_file(root)}]
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -67,6 +74,8 @@ def source_fingerprint(root: Path) -> list[dict]:
     out = []
     for f in files:
         st = f.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block for ever, /dev/zero never ends
+            raise not_regular(f, st.st_mode)
         entry = {"path": f.relative_to(root).as_posix(), "size": st.st_size}
         if by_content:
             entry["sha256"] = _sha256_file(f)
@@ -81,22 +90,27 @@ def cache_key(**fields) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _read(path: Path, sources: list[dict]) -> tuple[Optional[ImageSet], str]:
-    """The cached ImageSet, or ``(None, why it cannot be used)``."""
+def _read(path: Path, sources: list[dict]) -> tuple[Optional[ImageSet], str, bool]:
+    """The cached ImageSet, or ``(None, why it cannot be used, whether the file is corrupt)``."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_regular(path, "decode cache") as handle, np.load(handle, allow_pickle=False) as z:
             manifest = json.loads(str(z["manifest"][()]))
             arrays = {k: z[k] for k in ("images", "labels", "classes")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        return None, f"it cannot be read ({type(exc).__name__})"
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        return None, f"it cannot be read ({type(exc).__name__})", True
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays", {}), dict):
+        return None, "its manifest is not a JSON object of the expected form", True
     if manifest.get("sources") != sources:
-        return None, "the source files changed"
+        return None, "the source files changed", False
     for name, arr in arrays.items():
         if manifest.get("arrays", {}).get(name) != sha256_array(arr):
-            return None, f"its '{name}' array does not match the manifest's sha256 (tampered or truncated)"
-    data = ImageSet(images=torch.from_numpy(arrays["images"]), labels=torch.from_numpy(arrays["labels"]),
-                    classes=[str(c) for c in arrays["classes"]])
-    return data, ""
+            return None, f"its '{name}' array does not match the manifest's sha256 (tampered or truncated)", True
+    try:
+        data = ImageSet(images=torch.from_numpy(arrays["images"]), labels=torch.from_numpy(arrays["labels"]),
+                        classes=[str(c) for c in arrays["classes"]])
+    except (TypeError, ValueError, RuntimeError) as exc:  # arrays of a shape or dtype no reader writes
+        return None, f"its arrays are inconsistent ({type(exc).__name__}: {exc})", True
+    return data, "", False
 
 
 def _write(path: Path, data: ImageSet, manifest: dict) -> None:
@@ -131,11 +145,14 @@ def cached_load(loader: Callable[[], ImageSet], root: Path, cache_dir: Optional[
     label = "-".join(str(key_fields.get(k)) for k in ("dataset", "split") if key_fields.get(k) is not None)
     path = folder / f"{label or 'data'}-{key}.npz"
     sources = source_fingerprint(root)
-    if path.is_file():
-        data, why = _read(path, sources)
+    if path.exists():
+        data, why, corrupt = _read(path, sources)
         if data is not None:
             return data
-        warnings.warn(f"decode cache '{path}' is stale because {why}; rebuilding it.", stacklevel=2)
+        if corrupt:
+            set_aside(path, why)
+        else:
+            warnings.warn(f"decode cache '{path}' is stale because {why}; rebuilding it.", stacklevel=2)
     data = loader()
     try:
         _write(path, data, {"version": CACHE_VERSION, "key": key_fields, "root": str(root), "sources": sources})

@@ -31,6 +31,7 @@ from lightning_ssl_backdoor.data.artifacts import (
     sha256_array,
 )
 from lightning_ssl_backdoor.data.imageset import ImageSet
+from lightning_ssl_backdoor.data.label_range import check_split_labels
 from lightning_ssl_backdoor.data.split import PoisonedSplit
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, malformed
 from lightning_ssl_backdoor.triggers import trigger_from_manifest
@@ -111,7 +112,9 @@ def load_poisoned_split(path: str | Path) -> PoisonedSplit:
     _verify(path)
     arrays, meta = load_arrays(path)
     with malformed(path, "PoisonedSplit artifact"):
-        return _build(arrays, meta)
+        split = _build(arrays, meta)
+    check_split_labels(split, path)  # a label outside the class list would score as wrong, silently
+    return split
 
 
 def _build(arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> PoisonedSplit:

@@ -17,17 +17,21 @@ order is deterministic (class, then file name).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import lzma
 import os
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from lightning_ssl_backdoor.data.imageset import ImageSet
+from lightning_ssl_backdoor.data.readers_common import open_image, open_regular
 from lightning_ssl_backdoor.data.readers_folder import IMAGE_EXTENSIONS
 from lightning_ssl_backdoor.data.readers_pickle import restricted_load
 from lightning_ssl_backdoor.errors import DataFormatError
@@ -66,11 +70,24 @@ def find_archives(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if not p.name.startswith(".") and is_archive(p))
 
 
-def _open(path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DataFormatError(f"cannot open archive '{path}' ({exc}); replace the file with a valid .tar.gz.") from exc
+#: what reading a damaged archive raises: tarfile's errors, gzip's (an OSError) and zlib's, and the
+#: EOFError of a compressed stream that ends early (a truncated download)
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[tarfile.TarFile]:
+    """The archive ``path`` opened for reading (a regular file only); a truncated or corrupted
+    archive, found while opening it or anywhere while reading its members, is a DataFormatError
+    naming it."""
+    with open_regular(path, "archive") as handle:  # a missing or unreadable file: its own sentence
+        try:
+            with tarfile.open(fileobj=handle, mode="r:*") as tar:
+                yield tar
+        except _ARCHIVE_ERRORS as exc:
+            raise DataFormatError(
+                f"archive '{path}' is truncated or corrupted ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                "download it again or replace it with a valid .tar.gz.") from None
 
 
 def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
@@ -177,7 +194,7 @@ def _decode(data: bytes, where: str, image_size: Optional[int]) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+        with open_image(io.BytesIO(data), where, _PIL_FORMATS) as img:
             if img.mode != "RGB":
                 img = img.convert("RGB")
             if image_size is not None and img.size != (image_size, image_size):

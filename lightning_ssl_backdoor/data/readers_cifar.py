@@ -29,6 +29,7 @@ from lightning_ssl_backdoor.data.readers_common import (
     as_path,
     check_labels,
     check_split,
+    open_regular,
     read_bytes_file,
     read_class_names,
     require_file,
@@ -126,7 +127,7 @@ def _text(value: Any) -> str:
 
 def _load_dict(path: Path, layout: str) -> dict[str, Any]:
     """A CIFAR python pickle as a dict with ``str`` keys (the originals may be ``bytes``)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         try:
             obj = restricted_load(handle)
         except DataFormatError as exc:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import BinaryIO, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +59,30 @@ def check_image_size(image_size: Optional[int]) -> Optional[int]:
     return int(image_size)
 
 
+#: Largest accepted image, in pixels (width x height), checked from the file's header before it is
+#: decoded: 4096 x 4096 is 50 MB as uint8 RGB, far above any image these models take, while a
+#: header may claim 100,000 x 100,000 (30 GB) in a few hundred bytes (a decompression bomb).
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def open_image(source, where: str, formats: Sequence[str]):
+    """``PIL.Image.open(source)`` restricted to ``formats``, refusing an image above
+    :data:`MAX_IMAGE_PIXELS` (named by ``where``) before any pixel is decoded."""
+    from PIL import Image
+
+    try:
+        img = Image.open(source, formats=list(formats))
+    except Image.DecompressionBombError:  # PIL's own limit (far above ours), checked at open time
+        raise DataFormatError(f"image '{where}' claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a "
+                              f"decompression bomb?), above the limit of {MAX_IMAGE_PIXELS:,}; resize or remove it.") from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DataFormatError(f"image '{where}' is {width}x{height} = {width * height:,} pixels, above the limit of "
+                              f"{MAX_IMAGE_PIXELS:,}; resize or remove it.")
+    return img
+
+
 def find_data_dir(root: Path, folder_names: Iterable[str], markers: Iterable[str]) -> Optional[Path]:
     """The first of ``root`` and ``root/<folder_name>`` that holds any of the ``markers`` files."""
     markers = list(markers)
@@ -67,10 +92,55 @@ def find_data_dir(root: Path, folder_names: Iterable[str], markers: Iterable[str
     return None
 
 
+def _kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file is, in words."""
+    for test, words in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                        (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def not_regular(path: Path, mode: int, what: str = "data file") -> DataFormatError:
+    """The error for ``path`` (of ``st_mode`` ``mode``) that is no regular file (a FIFO would block
+    a reader for ever, ``/dev/zero`` never ends): only regular files are read as data."""
+    link = " (through a symbolic link)" if os.path.islink(path) else ""
+    return DataFormatError(f"{what} '{path}' is {_kind(mode)}{link}, not a regular file; only regular files "
+                           "are read: remove it or replace it with the file itself.")
+
+
+def check_regular(path: Path, what: str = "data file") -> Path:
+    """``path`` when it is a regular file (symbolic links followed), else a DataFormatError."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise not_regular(Path(path), mode, what)
+    return Path(path)
+
+
+def open_regular(path, what: str = "data file") -> BinaryIO:
+    """``open(path, "rb")`` that refuses anything but a regular file without blocking: the file is
+    opened non-blocking (a FIFO with no writer would otherwise block the open itself) and checked
+    with ``fstat`` on the opened descriptor, so a file swapped after a check is caught too."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise not_regular(Path(path), mode, what)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def require_file(folder: Path, name: str, layout: str) -> Path:
-    """``folder/name`` if it is a file, else a DataFormatError that states the expected ``layout``."""
+    """``folder/name`` if it is a regular file, else a DataFormatError that states the expected ``layout``."""
     path = folder / name
     if not path.is_file():
+        if path.exists():  # a FIFO, a device, a folder
+            raise not_regular(path, os.stat(path).st_mode)
         raise DataFormatError(f"missing file '{path}'; expected layout: {layout}.")
     return path
 
@@ -92,7 +162,8 @@ def read_class_names(path: Path, expected: Optional[int], layout: str) -> list[s
 
 def read_bytes_file(path: Path, record: int, layout: str) -> np.ndarray:
     """A raw uint8 file as ``[N, record]``; a DataFormatError when empty or not a whole number of records."""
-    data = np.fromfile(path, dtype=np.uint8)
+    with open_regular(path) as handle:
+        data = np.fromfile(handle, dtype=np.uint8)
     if data.size == 0 or data.size % record:
         raise DataFormatError(
             f"'{path}' has {data.size} bytes, not a positive multiple of the {record}-byte record "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lightning_ssl_backdoor.data.imageset import ImageSet
-from lightning_ssl_backdoor.data.readers_common import as_path, check_image_size
+from lightning_ssl_backdoor.data.readers_common import as_path, check_image_size, open_image, open_regular
 from lightning_ssl_backdoor.errors import ConfigError, DataFormatError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -69,7 +69,7 @@ def _decode(path: Path, image_size: Optional[int]) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path, formats=_PIL_FORMATS) as img:
+        with open_regular(path, "image") as handle, open_image(handle, str(path), _PIL_FORMATS) as img:
             if img.mode != "RGB":
                 img = img.convert("RGB")
             if image_size is not None and img.size != (image_size, image_size):

@@ -25,6 +25,7 @@ from lightning_ssl_backdoor.data.readers_common import (
     check_image_size,
     check_split,
     find_data_dir,
+    open_regular,
     read_class_names,
     require_file,
     resize_images,
@@ -117,7 +118,8 @@ def read_stl10(root, split: str = "train", image_size: Optional[int] = None) -> 
         return ImageSet(images=images, labels=torch.full((len(images),), -1, dtype=torch.int64),
                         classes=classes)
     label_path = require_file(folder, f"{split}_y.bin", _STL_LAYOUT)
-    raw = np.fromfile(label_path, dtype=np.uint8)
+    with open_regular(label_path) as handle:
+        raw = np.fromfile(handle, dtype=np.uint8)
     if raw.size != len(images):
         raise DataFormatError(
             f"'{label_path}' has {raw.size} labels for {len(images)} images; expected layout: "

@@ -39,7 +39,6 @@ Diagnostics a defense wants in the report go into ``ctx.info`` (merged into ``de
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +48,7 @@ from torch import nn
 
 from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
+from lightning_ssl_backdoor.data.cache_entry import read_json_entry
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.models.interface import instantiate, require
 from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig, config_hash
@@ -262,8 +262,9 @@ class ModelDefense(Defense):
         trained = (ctx.train_undefended() if algorithm == ctx.algorithm
                    else ctx.train(ctx.split, algorithm=algorithm, save_model=True))
         done = ctx.stage_dir / "repaired.json"
-        if done.is_file():
-            return json.loads(done.read_text())
+        cached = read_json_entry(done, lambda v: isinstance(v, dict))  # a damaged entry: set aside, rebuilt
+        if cached is not None:
+            return cached
         models = ctx.load_model(trained)
         t0 = time.perf_counter()
         repaired = self.repair(self.check_model(models.evaluated), ctx)

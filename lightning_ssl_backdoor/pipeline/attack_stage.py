@@ -13,6 +13,8 @@ from lightning_ssl_backdoor.attacks import build_attack_from_spec
 from lightning_ssl_backdoor.data.poisoned_io import load_poisoned_split, save_poisoned_split
 from lightning_ssl_backdoor.attacks.surrogate import load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data import PoisonedSplit, SSLSplit
+from lightning_ssl_backdoor.data.cache_entry import set_aside
+from lightning_ssl_backdoor.errors import ArtifactError
 from lightning_ssl_backdoor.spec import Spec
 
 
@@ -27,7 +29,11 @@ def run_attack_stage(
 ) -> PoisonedSplit:
     artifact = stage_dir / "poisoned.npz"
     if artifact.is_file() and artifact.with_suffix(".json").is_file():
-        return load_poisoned_split(artifact)
+        try:
+            return load_poisoned_split(artifact)
+        except ArtifactError as exc:  # a damaged cache entry: set aside (both files) and rebuilt
+            set_aside(artifact.with_suffix(".json"), "its artifact is unusable")
+            set_aside(artifact, str(exc))
     spec = {"name": attack.name, **attack.init_args}
     spec.setdefault("seed", seed)
     att = build_attack_from_spec(spec, progress=progress)
@@ -50,7 +56,10 @@ def surrogate_model(split: SSLSplit, surrogate: dict[str, Any], seed: int, folde
         return load_surrogate(ckpt, device=device)
     path = folder / "surrogate.safetensors"
     if path.is_file():
-        return load_surrogate(path, device=device)
+        try:
+            return load_surrogate(path, device=device)
+        except ArtifactError as exc:  # a damaged cache entry: set aside and retrained
+            set_aside(path, str(exc))
     cfg.setdefault("seed", seed)
     model = train_surrogate(split.labeled, device=device, progress=progress, **cfg)
     save_surrogate(model, path)

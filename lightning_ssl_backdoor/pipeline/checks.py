@@ -4,6 +4,8 @@ rows (the runner calls :func:`check_experiment` when it is built)."""
 
 from __future__ import annotations
 
+import re
+
 from lightning_ssl_backdoor.attacks import attack_class
 from lightning_ssl_backdoor.data.readers_common import check_image_size
 from lightning_ssl_backdoor.defenses.base import defense_class
@@ -26,3 +28,19 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             if not isinstance(spec.init_args, dict):
                 raise ConfigError(f"{kind}: init_args of {spec.name!r} must be a mapping, got {spec.init_args!r}.")
             resolve(spec.name)
+
+
+#: an experiment name: a slug (letters, digits, ``.``, ``_``, ``-``; not starting with a dot), so
+#: the default output folder ``runs/<name>`` is always one folder inside ``runs/``
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(name: object) -> str:
+    """``name`` when it is a slug (:data:`NAME_PATTERN`, no ``..``); a ConfigError otherwise: a path
+    separator, ``..`` or an absolute path would put the report outside ``runs/``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"name {name!r} is not a plain name: use letters, digits, '.', '_' and '-' only (no path separators, "
+            "no '..', at most 128 characters); to write the report elsewhere, pass --output DIR."
+        )
+    return name

@@ -33,14 +33,17 @@ from lightning_ssl_backdoor.io_lock import locked_output, waiting_lock
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
 from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
 from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
-from lightning_ssl_backdoor.pipeline.checks import check_experiment
+from lightning_ssl_backdoor.pipeline.checks import check_experiment, check_name
 from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, TrainerConfig, config_hash
 from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
+from lightning_ssl_backdoor.pipeline.finite import finite_numbers
 from lightning_ssl_backdoor.pipeline.results_merge import grid_keys, merge_rows
 from lightning_ssl_backdoor.pipeline.training import train_row
+from lightning_ssl_backdoor.pipeline.validate import validate_ranges
 from lightning_ssl_backdoor.report.figures import example_grid
 from lightning_ssl_backdoor.report.tables import write_report
+from lightning_ssl_backdoor.termination import install_worker
 from lightning_ssl_backdoor.utils import quiet_lightning
 
 __all__ = ["Runner", "config_from_dict", "data_hashes", "experiment_main", "load_clean_split", "split_key"]
@@ -98,6 +101,7 @@ class Runner:
     def __init__(self, cfg: ExperimentConfig, output: Path, progress: bool = True) -> None:
         cfg.validate()
         check_experiment(cfg)
+        validate_ranges(cfg)
         self.cfg, self.output, self.progress = cfg, output, progress
         self.cache = output / "cache"
         self._splits: dict[int, SSLSplit] = {}
@@ -260,7 +264,7 @@ class Runner:
             "data_hashes": data_hashes(split),
             "cache_key": tkey,
         }
-        return row
+        return finite_numbers(row)  # a metric that is NaN or inf is recorded as null, never as NaN
 
     def run(self, only: Optional[list[int]] = None) -> list[dict[str, Any]]:
         """Run the chosen rows (all by default), ``cfg.jobs`` at a time in separate processes."""
@@ -355,6 +359,7 @@ def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, A
     """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads,
     GPU ``slot mod N`` when the machine has N GPUs."""
     cfg, output, index = task
+    install_worker()  # SIGTERM (the parent terminating the pool): release this worker's locks, exit 143
     quiet_lightning()
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ..." once per row is noise
@@ -385,6 +390,8 @@ def _pick(specs: list, key: Any, kind: str, allow_none: bool = True) -> Optional
 def experiment_main(argv: list[str]) -> int:
     """Entry point of ``ssl-backdoor experiment``: parse, run the rows, write the report."""
     cfg, ns = parse_experiment(argv)
+    validate_ranges(cfg)  # before anything is created (no output, cache/ or tensorboard/ folder) or set
+    check_name(cfg.name)  # runs/<name> stays inside runs/
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output or Path("runs") / cfg.name)
@@ -399,7 +406,7 @@ def experiment_main(argv: list[str]) -> int:
         rows = runner.run(ns.only)
         if not zero:
             return 0
-        rows = merge_rows(output, cfg, grid_keys(runner.rows()), rows)
+        rows = [finite_numbers(r) for r in merge_rows(output, cfg, grid_keys(runner.rows()), rows)]
         paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
     print(paths["table"])
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")

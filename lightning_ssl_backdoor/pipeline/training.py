@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +16,7 @@ from torch import nn
 from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, ValidatedCheckpoint, fit_resumable
 from lightning_ssl_backdoor.data import SSLDataModule, SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write, atomic_write_json
+from lightning_ssl_backdoor.data.cache_entry import is_history, is_row_result, read_json_entry
 from lightning_ssl_backdoor.defenses.base import DefenseContext, TrainedModel
 from lightning_ssl_backdoor.errors import ArtifactError
 from lightning_ssl_backdoor.pipeline.distributed import launcher_num_nodes
@@ -56,8 +56,8 @@ class MetricHistory(Callback):
     def __init__(self, path: Optional[Path] = None) -> None:
         self.path = path
         self.history: list[dict[str, float]] = []
-        if path is not None and path.is_file():
-            self.history = json.loads(path.read_text())
+        if path is not None:
+            self.history = read_json_entry(path, is_history) or []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -95,8 +95,9 @@ def train_row(
     TensorBoard run (default ``workdir/tb``); the learning rate is logged there (``lr-SGD``).
     """
     done = workdir / "metrics.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    cached = read_json_entry(done, is_row_result)  # a damaged entry is set aside and the row rebuilt
+    if cached is not None:
+        return cached
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = _datamodule(split, data, seed, resolve_algorithm(algorithm.name))
     module = _build_module(dm, algorithm, model_args)

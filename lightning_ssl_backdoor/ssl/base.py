@@ -314,6 +314,12 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         algorithms with a schedule, such as Mean Teacher's warm-up)."""
         return float(self.hparams.ema_decay)
 
+    def configure_callbacks(self) -> list:
+        """A NaN or infinite training loss stops the fit with one sentence (ssl/divergence.py)."""
+        from lightning_ssl_backdoor.ssl.divergence import DivergenceGuard
+
+        return [DivergenceGuard()]
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for p in self.model.parameters():

@@ -22,7 +22,6 @@ sampling, which matters only for the privacy accounting).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Callable, Optional
 
@@ -32,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
+from lightning_ssl_backdoor.data.cache_entry import read_json_entry
 from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import (
     to_defense_device,
@@ -170,8 +170,9 @@ class DPSGD(Defense):
 
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
         done = ctx.stage_dir / "dpsgd.json"
-        if done.is_file():
-            return json.loads(done.read_text())
+        cached = read_json_entry(done, lambda v: isinstance(v, dict))  # a damaged entry: set aside, rebuilt
+        if cached is not None:
+            return cached
         images, labels = ctx.split.labeled.images, ctx.split.labeled.labels
         steps = self.steps or epochs_to_steps(self.epochs, len(labels), self.batch_size)
         t0 = time.perf_counter()

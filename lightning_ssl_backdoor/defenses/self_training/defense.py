@@ -37,7 +37,6 @@ for Algorithm 2, the clustering's agreement with the given labels.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from typing import Any, Optional
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
+from lightning_ssl_backdoor.data.cache_entry import read_json_entry
 from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
 from lightning_ssl_backdoor.defenses.baselines._common import penultimate_features
 from lightning_ssl_backdoor.defenses.dbd import DBD, load_classifier_state
@@ -143,8 +143,9 @@ class SelfTrainingDefense(Defense):
     def run(self, ctx: DefenseContext) -> dict[str, Any]:
         self.check_model_args(ctx)
         done = ctx.stage_dir / "self_training.json"
-        if done.is_file():
-            return json.loads(done.read_text())
+        cached = read_json_entry(done, lambda v: isinstance(v, dict))  # a damaged entry: set aside, rebuilt
+        if cached is not None:
+            return cached
         cfg = self.driver_config(ctx)
         t0 = time.perf_counter()
         teacher, teacher_info = self.train_teacher(ctx)
