@@ -68,11 +68,11 @@ def function_parameters(func: Any, exclude: Iterable[str] = ()) -> dict[str, ins
 
 
 def publish_signature(cls: type, exclude: Iterable[str] = ()) -> type:
-    """Set ``cls.__signature__`` to ``(*, every option)`` when ``cls`` defines an ``__init__`` that
-    forwards ``**kwargs`` (called from the bases' ``__init_subclass__``). ``inspect.signature(cls)``
+    """Set ``cls.__signature__`` to ``(*, every option)`` when the ``__init__`` it runs (its own or
+    a mixin's) forwards ``**kwargs`` (called from the bases' ``__init_subclass__``). ``inspect.signature(cls)``
     reads it; ``cls.__init__`` keeps its own (Lightning's ``save_hyperparameters`` reads the
     caller's frame by that one)."""
-    init = cls.__dict__.get("__init__")
+    init = next((k.__dict__["__init__"] for k in cls.__mro__ if "__init__" in k.__dict__), None)
     if init is None:
         return cls
     if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):

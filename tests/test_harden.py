@@ -132,7 +132,7 @@ def artifact8(tmp_path_factory):
 def test_03_poisoned_artifact_with_another_image_size_is_refused(artifact8, capsys):
     assert main(["fit"] + LIGHTNING + ["--data.poisoned_split", str(artifact8), "--data.image_size", "16",
                                        "--trainer.max_steps", "1"]) == 2
-    assert "holds 8x8 images but data.image_size is 16" in _one_error(capsys)
+    assert "was made with images of side 8 but data.image_size is 16" in _one_error(capsys)
 
 
 def test_04_train_and_test_class_folders_must_match():

@@ -44,15 +44,17 @@ from dataclasses import replace, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lightning_ssl_backdoor.data.poisoned_io import artifact_meta, save_poisoned_split
-from lightning_ssl_backdoor.attacks.registry import build_attack_from_spec
+from lightning_ssl_backdoor.attacks.registry import attack_class, build_attack_from_spec
 from lightning_ssl_backdoor.attacks.surrogate import accuracy, load_surrogate, save_surrogate, train_surrogate
 from lightning_ssl_backdoor.data.artifacts import sha256_file
 from lightning_ssl_backdoor.data.readers import load_dataset
 from lightning_ssl_backdoor.data.split import make_split
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.typed_options import apply_overrides, split_block_overrides, typed_options
 
 
 @dataclass
@@ -198,6 +200,17 @@ def run_poison(data: DataConfig, attack_spec: Dict[str, Any], surrogate: Surroga
     return out
 
 
+def typed_attack_block(attack: Dict[str, Any], origins: Dict[str, str]) -> Dict[str, Any]:
+    """``{name: ..., **options}`` with every option typed by the named attack's constructor
+    (:func:`lightning_ssl_backdoor.typed_options.typed_options`); a ``class_path`` block as given."""
+    if "class_path" in attack or "name" not in attack:
+        return attack
+    cls = attack_class(str(attack["name"]))
+    options = {k: v for k, v in attack.items() if k != "name"}
+    return {"name": attack["name"], **typed_options(cls.options(), options, "attack", f"attack {cls.name!r}",
+                                                   origins, "the config")}
+
+
 def poison_main(argv: list[str]) -> int:
     """Entry point of ``ssl-backdoor poison``; returns the exit code (0 ok, 2 bad input, 1 fault at
     run time, 130 interrupted): errors become one sentence through ``error_boundary.guarded``."""
@@ -213,10 +226,25 @@ def _poison(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         return 0
-    cfg = parser.parse_args(list(argv))
+    argv = list(argv)
+    print_config = any(a == "--print_config" or a.startswith("--print_config=") for a in argv)
+    argv = [a for a in argv if not (a == "--print_config" or a.startswith("--print_config="))]
+    rest, overrides = split_block_overrides(argv, ("attack",))  # typed below by the attack's class
+    try:
+        cfg = parser.parse_args(rest)
+    except Exception as e:  # jsonargparse's ArgumentError, or a YAML / file error under -c
+        raise ConfigError(" ".join(str(e).split()).rstrip(".") + ".") from None
     data = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**dict(cfg.data))
     sur = cfg.surrogate if isinstance(cfg.surrogate, SurrogateConfig) else SurrogateConfig(**dict(cfg.surrogate))
-    attack = dict(cfg.attack) if cfg.attack is not None else {}
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+    attack, origins = apply_overrides("attack", dict(cfg.attack or {}), overrides["attack"],
+                                      ", ".join(files) or "the defaults")
+    attack = typed_attack_block(attack, origins)
+    if print_config:
+        print(yaml.safe_dump({"data": asdict(data), "attack": attack, "surrogate": _plain(asdict(sur)),
+                              "output": cfg.output, "work_dir": cfg.work_dir, "progress": cfg.progress},
+                             sort_keys=False, default_flow_style=None, width=100), end="")
+        return 0
     with locked_output(Path(cfg.output) if str(cfg.output or '').endswith('.npz') else None):
         run_poison(data, attack, sur, cfg.output, cfg.work_dir, bool(cfg.progress))
     return 0

@@ -14,11 +14,16 @@ from lightning_ssl_backdoor._lightning import pl
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_ssl_backdoor.data.artifact_agreement import check_artifact_agrees
 from lightning_ssl_backdoor.data.imageset import ImageSet, quantize
 from lightning_ssl_backdoor.data.split import PoisonedSplit, SSLSplit
 from lightning_ssl_backdoor.data.subset import check_subset, subset_split
 from lightning_ssl_backdoor.data.streams import EvalStream, SSLTrainStream
 from lightning_ssl_backdoor.errors import ConfigError
+
+
+#: labels per class when neither num_labeled nor labels_per_class is given (and no artifact)
+DEFAULT_LABELS_PER_CLASS = 4
 
 
 def triggered_copy(images: torch.Tensor, trigger: torch.nn.Module, chunk: int = 1024) -> torch.Tensor:
@@ -40,7 +45,8 @@ class SSLDataModule(pl.LightningDataModule):
         image_size: images are resized to this side length (digits: upscaled from 8x8).
         channels: 1 or 3 image channels; None (default) keeps the dataset's own (digits: 1, the
             RGB sets: 3). The model's ``in_channels`` follows the data (:attr:`in_channels`).
-        num_labeled / labels_per_class: labeled budget, total or per class (class-balanced).
+        num_labeled / labels_per_class: labeled budget, total or per class (class-balanced; neither:
+            4 per class). With ``poisoned_split`` the artifact fixes them: set, they must agree with it.
         num_unlabeled: optional cap on the unlabeled pool (reduced-scale runs).
         include_labeled_in_unlabeled: also put the labeled images in the unlabeled pool.
         batch_size: labeled images per step; the unlabeled batch is ``mu * batch_size``.
@@ -61,7 +67,7 @@ class SSLDataModule(pl.LightningDataModule):
         image_size: int = 32,
         channels: Optional[int] = None,
         num_labeled: Optional[int] = None,
-        labels_per_class: Optional[int] = 4,
+        labels_per_class: Optional[int] = None,
         num_unlabeled: Optional[int] = None,
         include_labeled_in_unlabeled: bool = False,
         batch_size: int = 64,
@@ -107,12 +113,11 @@ class SSLDataModule(pl.LightningDataModule):
             from lightning_ssl_backdoor.data.poisoned_io import load_poisoned_split
 
             split = load_poisoned_split(self.poisoned_split)
-            side = int(split.test.images.shape[-1])
-            if side != self.image_size:  # one rule: the artifact's pixels are never resized silently
-                raise ConfigError(
-                    f"poisoned_split {self.poisoned_split} holds {side}x{side} images but data.image_size is "
-                    f"{self.image_size}; set --data.image_size {side} or regenerate the artifact at {self.image_size} px."
-                )
+            # one rule: what the artifact fixes (pixels, channels, labels, classes) is never changed
+            # silently; a set option that disagrees stops the run (the default 32 px is compared too)
+            check_artifact_agrees(split, str(self.poisoned_split), image_size=self.image_size, channels=self.channels,
+                                  num_labeled=self.num_labeled, labels_per_class=self.labels_per_class,
+                                  classes=(self.subset or {}).get("classes"))
             return split
         from lightning_ssl_backdoor.data.readers import load_dataset
 
@@ -125,7 +130,7 @@ class SSLDataModule(pl.LightningDataModule):
             test,
             self.subset,
             num_labeled=self.num_labeled,
-            labels_per_class=self.labels_per_class,
+            labels_per_class=self.labels_per_class if self.num_labeled or self.labels_per_class else DEFAULT_LABELS_PER_CLASS,
             include_labeled_in_unlabeled=self.include_labeled_in_unlabeled,
             seed=self.seed,
             num_unlabeled=self.num_unlabeled,

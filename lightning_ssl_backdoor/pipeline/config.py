@@ -17,6 +17,27 @@ __all__ = ["DataConfig", "ExperimentConfig", "Spec", "TrainerConfig", "config_ha
 
 @dataclass
 class ExperimentConfig:
+    """One experiment: a data setting, lists of components and seeds, expanded into rows.
+
+    Args:
+        name: experiment name, a slug: the report goes to runs/NAME unless --output is given.
+        seeds: seeds of the rows; each fixes split, poisons, augmentation and initialisation (0 <= s < 2**32).
+        data: the data setting (SSLDataModule's options): dataset, sizes, label budget, batches.
+        trainer: the Lightning Trainer settings of every row (steps, evaluation interval, device).
+        model: the algorithm's constructor options (SSLModule's and the algorithm's own); --model.KEY sets one.
+        algorithms: SSL algorithms, each a name or {name, init_args, label}.
+        attacks: attacks, each null (no attack), a name or {name, init_args, label}.
+        defenses: defenses, each null (no defense), a name or {name, init_args, label}.
+        surrogate: the attacker's theta_0: train_surrogate's options, or checkpoint: FILE.
+        warm_start: where every row's model starts: null (random), surrogate (theta_0) or a weights file.
+        rows: explicit rows [{algorithm, attack, defense}] instead of the full product, each for every seed.
+        jobs: rows trained at once, each in its own process (1 with DDP).
+        dynamics_every: record the unlabeled set's predictions every N steps (training dynamics).
+        threads: torch threads per row (null: torch's default).
+        probe: opt-in "what was learned" probe at every evaluation: {attack, images, views}.
+        output: report folder (default runs/NAME).
+    """
+
     name: str = "experiment"
     seeds: list[int] = field(default_factory=lambda: [0])
     data: DataConfig = field(default_factory=DataConfig)

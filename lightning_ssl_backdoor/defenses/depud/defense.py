@@ -53,7 +53,7 @@ from lightning_ssl_backdoor.defenses.depud.gradcam import compute_masks, grad_ca
 from lightning_ssl_backdoor.defenses.depud.purify import MODES, load_masks, purified_class_path, save_masks
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.metrics import auroc, detection_metrics
-from lightning_ssl_backdoor.spec import Spec, config_hash
+from lightning_ssl_backdoor.spec import Spec, config_hash, key_fields
 from lightning_ssl_backdoor.ssl import resolve_algorithm
 from lightning_ssl_backdoor.ssl.base import SSLModule
 
@@ -155,7 +155,7 @@ class DePuD(Defense):
         key = config_hash(
             "depud-detector", sha256_array(ctx.split.labeled.images.numpy()),
             sha256_array(ctx.split.unlabeled.images.numpy()), self.detector_options, model_args,
-            asdict(ctx.data), asdict(ctx.trainer), ctx.seed, self.purify, self.cut,
+            asdict(ctx.data), key_fields(ctx.trainer), ctx.seed, self.purify, self.cut,
         )
         return replace(ctx, stage_dir=ctx.stage_dir.parent / f"depud-{key}")
 
