@@ -187,6 +187,7 @@ class StrongAugment(nn.Module):
         self.ops, self.mode = ops, mode
         # the masked form's per-op feature table, on the module's device (not in checkpoints)
         self.register_buffer("op_table", op_features(ops), persistent=False)
+        self._compiled = None
         self.last_params: Optional[StrongParams] = None
 
     def extra_repr(self) -> str:
@@ -221,27 +222,40 @@ class StrongAugment(nn.Module):
         return StrongParams(op_idx, levels, apply, signs, boxes)
 
     def apply_params(self, x: torch.Tensor, params: StrongParams) -> torch.Tensor:
-        """Apply drawn parameters deterministically: slot by slot, each op type on the images that
-        drew it (one batched call), the geometric ones together in one warp; then Cutout."""
+        """Apply drawn parameters deterministically, in the form :meth:`uses_masks` picks (compiled
+        after :meth:`compile_apply`); then Cutout."""
         F.check_batch(x)
+        fn = self._augment_batch if self._compiled is None else self._compiled
+        return fn(x, params.ops, params.levels, params.apply, params.signs, params.boxes)
+
+    def compile_apply(self, backend: str = "inductor") -> None:
+        """Compile :meth:`apply_params` with ``torch.compile(fullgraph=True)``: one graph, no break
+        (the masked form is taken under compile). The draws stay eager, so a seed gives the draws of
+        an eager run; ``backend``: a ``torch.compile`` backend ("inductor", "aot_eager", ...)."""
+        self._compiled = torch.compile(self._augment_batch, backend=backend, fullgraph=True, dynamic=False)
+
+    def _augment_batch(self, x: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor, apply: torch.Tensor,
+               signs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.uses_masks(x):
-            out = apply_masked(x, self.op_table.to(x.device), self.m, params.ops, params.levels, params.apply, params.signs, self.fill)
+            out = apply_masked(x, self.op_table.to(x.device), self.m, ops, levels, apply, signs, self.fill)
             if self.cutout > 0:
-                out = out.masked_fill(F.cutout_mask(params.boxes.to(x.device), h, w), self.fill)
-            return out if out.data_ptr() != x.data_ptr() else out.clone()
+                return out.masked_fill(F.cutout_mask(boxes.to(x.device), h, w), self.fill)
+            return out.clone() if ops.shape[1] == 0 else out
+        # grouped: slot by slot, each op type on the images that drew it (one batched call), the
+        # geometric ones together in one warp
         out = x.clone()
-        for slot in range(params.ops.shape[1]):
-            chosen = torch.where(params.apply[:, slot], params.ops[:, slot], -1)
-            levels = params.levels[:, slot].to(x.dtype)
+        for slot in range(ops.shape[1]):
+            chosen = torch.where(apply[:, slot], ops[:, slot], -1)
+            slot_levels = levels[:, slot].to(x.dtype)
             geo_idx, geo_mats = [], []
             for k, name in enumerate(self.ops):
                 idx = (chosen == k).nonzero().view(-1)
                 if idx.numel() == 0 or name == "Identity":
                     continue
-                mag = op_magnitude(name, levels[idx], self.m, h, w)
+                mag = op_magnitude(name, slot_levels[idx], self.m, h, w)
                 if name in _GEOMETRIC:
-                    mag = mag * params.signs[idx, slot].to(x.dtype)
+                    mag = mag * signs[idx, slot].to(x.dtype)
                     geo_idx.append(idx)
                     geo_mats.append(_geometric_matrix(name, out[idx], mag))  # Kornia's convention
                 else:
@@ -250,7 +264,7 @@ class StrongAugment(nn.Module):
                 idx = torch.cat(geo_idx)
                 out[idx] = F.warp(out[idx], torch.cat(geo_mats), fill=self.fill)
         if self.cutout > 0:  # in place on our own copy: F.cutout without its second allocation
-            out.masked_fill_(F.cutout_mask(params.boxes.to(x.device), h, w), self.fill)
+            out.masked_fill_(F.cutout_mask(boxes.to(x.device), h, w), self.fill)
         return out
 
     def uses_masks(self, x: torch.Tensor) -> bool:

@@ -54,6 +54,7 @@ class WeakAugment(nn.Module):
             )
         self.flip, self.pad, self.padding_mode = bool(flip), int(pad), padding_mode
         self.last_params: Optional[WeakParams] = None
+        self._compiled = None
 
     def extra_repr(self) -> str:
         return f"flip={self.flip}, pad={self.pad}, padding_mode={self.padding_mode!r}"
@@ -74,8 +75,17 @@ class WeakAugment(nn.Module):
         return WeakParams(flip, top, left)
 
     def apply_params(self, x: torch.Tensor, params: WeakParams) -> torch.Tensor:
-        """Pad once, then one gather reads every image's window (mirrored where it drew a flip)."""
+        """Pad once, then one gather reads every image's window (mirrored where it drew a flip);
+        compiled after :meth:`compile_apply`."""
         check_batch(x)
+        fn = self._augment_batch if self._compiled is None else self._compiled
+        return fn(x, params.flip, params.top, params.left)
+
+    def compile_apply(self, backend: str = "inductor") -> None:
+        """Compile :meth:`apply_params` with ``torch.compile(fullgraph=True)``; the draws stay eager."""
+        self._compiled = torch.compile(self._augment_batch, backend=backend, fullgraph=True, dynamic=False)
+
+    def _augment_batch(self, x: torch.Tensor, flip: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.pad
         if p > 0 and self.padding_mode == "reflect" and (p >= h or p >= w):
@@ -85,9 +95,9 @@ class WeakAugment(nn.Module):
             )
         padded = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p > 0 else x
         hp, wp = h + 2 * p, w + 2 * p
-        top, left = params.top.to(x.device).long(), params.left.to(x.device).long()
+        top, left = top.to(x.device).long(), left.to(x.device).long()
         cols = torch.arange(w, device=x.device)
-        cols = torch.where(params.flip.to(x.device).view(b, 1), (w - 1) - cols, cols) + left.view(b, 1)  # [B, W]
+        cols = torch.where(flip.to(x.device).view(b, 1), (w - 1) - cols, cols) + left.view(b, 1)  # [B, W]
         rows = torch.arange(h, device=x.device) + top.view(b, 1)  # [B, H]
         index = (rows * wp).view(b, 1, h, 1) + cols.view(b, 1, 1, w)  # [B, 1, H, W] into the flat plane
         flat = padded.reshape(b, c, hp * wp)

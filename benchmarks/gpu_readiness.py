@@ -1,0 +1,314 @@
+"""Is the training step GPU-ready? Host syncs, kernel-like ops, dispatch share and graph breaks,
+measured on the CPU (issue 32; no GPU is lent to this project).
+
+Per training step of each algorithm (the module's own ``on_after_batch_transfer`` augmentation,
+``training_step``, backward, SGD step and EMA update, outside a Trainer so Lightning's own work is
+not counted), with WRN-28-2 and the tiny CNN:
+
+- **host syncs by kind**, counted by a ``TorchDispatchMode`` and by wrapping ``Tensor.item`` /
+  ``tolist`` / ``__bool__`` / ``__int__`` / ``__float__``: ``nonzero`` (also the one inside a
+  boolean-mask index), ``item`` (``_local_scalar_dense`` not from ``bool``), ``tolist``, tensor
+  ``bool``, data-dependent outputs (``masked_select``, ``unique``, ``bincount``, boolean
+  ``index_put_``), and tensors built from host data (``torch.tensor(...)``: a blocking copy on CUDA);
+- **kernel-like ops**: every aten op the dispatcher runs, less views, allocations without a fill
+  (``empty``), ``detach`` and host-side 0-dim wrapped numbers (``scalar_tensor``), for the
+  augmentation (``on_after_batch_transfer``) and the model (forward, backward, optimiser, EMA) apart;
+- the augmentation at FixMatch's sizes (B = 64, mu = 7: weak on 64, weak on 448, strong on 448),
+  the model part at B = 4, mu = 7 (counts do not depend on the batch size);
+- **dispatch share**: CPU time of the FixMatch augmentation at 8 px over 32 px, same batch sizes;
+- **graph breaks** under ``torch._dynamo.explain`` of the augmentation and of ``training_step``;
+- **augmentation CPU time** at batch 448 (weak + strong on 448, weak on 64), 1 thread.
+
+Strong augmentation is measured in the form a GPU runs (``mode="masked"`` where the code has it;
+the code before issue 32 has only the grouped form) and, for the CPU time, also in the CPU default.
+
+    PYTHONPATH=. python benchmarks/gpu_readiness.py --before /tmp/before   # both trees, one run
+
+``--before TREE`` measures a checkout of the code before the change in a subprocess (its
+``lightning_ssl_backdoor``, this file's counters), interleaving the timing rounds with this tree's.
+Writes ``benchmarks/results/gpu_readiness.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALGORITHMS = ("fixmatch", "flexmatch", "uda", "mixmatch", "pseudo_label", "pi_model", "mean_teacher", "vat",
+              "supervised")
+ARCHS = {"wrn28_2": {"arch": "wrn28_2"}, "tiny_cnn": {"arch": "tiny_cnn", "model_kwargs": {"width": 16}}}
+SYNC_KINDS = ("nonzero", "item", "tolist", "bool", "data-dependent", "host tensor")
+_NOT_KERNELS = {"empty", "empty_strided", "detach", "lift_fresh", "scalar_tensor", "_local_scalar_dense", "alias",
+                "_unsafe_view", "sym_size", "sym_stride", "sym_numel", "is_same_size"}
+_DATA_DEPENDENT = {"masked_select", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount",
+                   "nonzero_static"}
+
+
+class Counter(TorchDispatchMode):
+    """Counts host syncs by kind and kernel-like aten ops while active (see the module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = dict.fromkeys(SYNC_KINDS, 0)
+        self.ops: dict[str, int] = {}
+        self._scalar_reads = 0
+        self._patched: list[tuple[str, Any]] = []
+
+    @property
+    def kernels(self) -> int:
+        return sum(self.ops.values())
+
+    def _python_hook(self, name: str, kind: str) -> None:
+        orig = getattr(torch.Tensor, name)
+        counter = self
+
+        def wrapped(t, *a, **k):  # noqa: ANN001
+            counter.syncs[kind] += 1
+            if kind == "bool":
+                counter._scalar_reads -= 1  # its _local_scalar_dense is counted here, not as an item
+            return orig(t, *a, **k)
+
+        self._patched.append((name, orig))
+        setattr(torch.Tensor, name, wrapped)
+
+    def __enter__(self) -> "Counter":
+        for name, kind in (("tolist", "tolist"), ("__bool__", "bool")):
+            self._python_hook(name, kind)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        for name, orig in reversed(self._patched):
+            setattr(torch.Tensor, name, orig)
+        self._patched.clear()
+        self.syncs["item"] += self._scalar_reads
+        self._scalar_reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name == "_local_scalar_dense":
+            self._scalar_reads += 1
+        elif name == "nonzero":
+            self.syncs["nonzero"] += 1
+        elif name in _DATA_DEPENDENT:
+            self.syncs["data-dependent"] += 1
+        elif name == "lift_fresh":
+            self.syncs["host tensor"] += 1
+        elif name in ("index", "index_put_", "index_put") and any(
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ())):
+            self.syncs["nonzero"] += 1  # a boolean mask index runs nonzero inside the op
+        if not (func.is_view or name in _NOT_KERNELS or name.startswith("sym_")):
+            self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- building a step
+def make_batch(b: int, mu: int, size: int, seed: int = 0, num_classes: int = 10) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    img = lambda n: torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)  # noqa: E731
+    return {"labeled": {"x": img(b), "y": torch.arange(b) % num_classes, "idx": torch.arange(b)},
+            "unlabeled": {"x": img(mu * b), "idx": torch.arange(mu * b)}}
+
+
+def make_module(algorithm: str, arch: str, size: int = 32, strong_mode: Optional[str] = "masked"):
+    from lightning_ssl_backdoor.ssl import ALGORITHMS as ALGOS
+
+    torch.manual_seed(0)
+    cls = ALGOS[algorithm]
+    module = cls(num_classes=10, in_channels=3, weak_pad=max(1, size // 8), **ARCHS[arch])
+    if strong_mode is not None and hasattr(module.strong, "mode"):
+        module.strong.mode = strong_mode  # the form a GPU runs
+    if hasattr(module, "reset_state"):
+        module.reset_state(10_000)
+    return module
+
+
+def optimizer(module):
+    conf = module.configure_optimizers()
+    return conf["optimizer"] if isinstance(conf, dict) else conf
+
+
+def train_step(module, opt, batch: dict) -> None:
+    loss = module.training_step(batch, 0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    module.update_ema()
+
+
+def count_step(algorithm: str, arch: str, b: int = 4, mu: int = 7) -> dict[str, Any]:
+    """Syncs and kernel-like ops of the augmentation (at FixMatch's sizes) and of the model part."""
+    module = make_module(algorithm, arch)
+    opt = optimizer(module)
+    train_step(module, opt, module.on_after_batch_transfer(make_batch(b, mu, 32), 0))  # warm-up (lazy state)
+    with Counter() as aug:
+        module.on_after_batch_transfer(make_batch(64, 7, 32, seed=1), 0)
+    batch = module.on_after_batch_transfer(make_batch(b, mu, 32, seed=2), 0)
+    with Counter() as model:
+        train_step(module, opt, batch)
+    syncs = {k: aug.syncs[k] + model.syncs[k] for k in SYNC_KINDS}
+    return {"algorithm": algorithm, "arch": arch, "syncs": syncs, "syncs_total": sum(syncs.values()),
+            "syncs_augment": dict(aug.syncs), "syncs_model": dict(model.syncs),
+            "kernels_augment": aug.kernels, "kernels_model": model.kernels,
+            "top_augment_ops": sorted(aug.ops.items(), key=lambda kv: -kv[1])[:8]}
+
+
+def augment_cpu_ms(size: int, repeats: int, strong_mode: Optional[str]) -> float:
+    """Median CPU ms of FixMatch's augmentation (weak 64, weak 448, weak + strong 448)."""
+    module = make_module("fixmatch", "tiny_cnn", size=size, strong_mode=strong_mode)
+    batch = make_batch(64, 7, size, seed=3)
+    module.on_after_batch_transfer(batch, 0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        module.on_after_batch_transfer(batch, 0)
+        times.append(time.process_time() - t0)
+    return 1000 * statistics.median(times)
+
+
+def _explain(fn, *args) -> dict[str, Any]:
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    try:
+        ex = dynamo.explain(fn)(*args)
+        return {"graph_breaks": ex.graph_break_count, "graphs": ex.graph_count,
+                "reasons": sorted({str(r.reason).split("\n")[0][:120] for r in ex.break_reasons})[:8]}
+    except Exception as e:  # noqa: BLE001  (the old code may not trace at all)
+        return {"graph_breaks": None, "graphs": None, "reasons": [f"fails to trace: {type(e).__name__}: "
+                                                                   f"{str(e).splitlines()[0][:160]}"]}
+    finally:
+        dynamo.reset()
+
+
+def graph_breaks(algorithm: str = "fixmatch", arch: str = "tiny_cnn") -> dict[str, Any]:
+    """Graph breaks of the augmentation (``on_after_batch_transfer``) and of ``training_step``
+    (static shapes: each batch size its own graph)."""
+    import torch._dynamo as dynamo
+
+    dynamo.config.automatic_dynamic_shapes = False
+    module = make_module(algorithm, arch, strong_mode=None)  # auto: the masked form under compile
+    raw = make_batch(4, 7, 32, seed=4)
+    out = {"augment": _explain(module.on_after_batch_transfer, raw, 0)}
+    batch = module.on_after_batch_transfer(raw, 0)
+    out["training_step"] = _explain(module.training_step, batch, 0)
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    import lightning_ssl_backdoor
+
+    rows = [count_step(a, arch) for arch in ARCHS for a in ALGORITHMS]
+    res: dict[str, Any] = {"code": str(Path(lightning_ssl_backdoor.__file__).parent.parent), "rows": rows}
+    res["augment_ms_32px"] = augment_cpu_ms(32, args.repeats, "masked")
+    res["augment_ms_8px"] = augment_cpu_ms(8, args.repeats, "masked")
+    if not args.skip_explain:
+        res["graph_breaks"] = graph_breaks()
+    return res
+
+
+def timing(args: argparse.Namespace) -> dict[str, float]:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    return {"gpu_form": augment_cpu_ms(32, args.repeats, "masked"), "cpu_default": augment_cpu_ms(32, args.repeats, None)}
+
+
+def _run_tree(tree: str, *flags: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, __file__, *flags], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(result: dict[str, Any]) -> str:
+    before, after = result["before"], result["after"]
+    lines = ["# GPU readiness of the training step, measured on the CPU (issue 32)", "",
+             "Per training step (augmentation at B = 64, mu = 7; model part at B = 4, mu = 7: counts do not depend "
+             "on the batch). `before`: commit " + result["before_commit"] + ", `after`: this tree. Strong augmentation "
+             "in the form a GPU runs (after: `mode=\"masked\"`; before: the only, grouped form). Syncs: nonzero / item / "
+             "tolist / bool / data-dependent / host tensor. Counted by `benchmarks/gpu_readiness.py` "
+             "(TorchDispatchMode + Tensor method wrappers, CPU, torch " + torch.__version__ + ").", "",
+             "| algorithm | arch | syncs before | syncs after (by kind) | aug ops before | aug ops after | "
+             "model ops before | model ops after |", "|---|---|---|---|---|---|---|---|"]
+    for rb, ra in zip(before["rows"], after["rows"]):
+        kinds = ", ".join(f"{k} {v}" for k, v in ra["syncs"].items() if v) or "none"
+        lines.append(f"| {ra['algorithm']} | {ra['arch']} | {rb['syncs_total']} | {ra['syncs_total']} ({kinds}) | "
+                     f"{rb['kernels_augment']} | {ra['kernels_augment']} | {rb['kernels_model']} | "
+                     f"{ra['kernels_model']} |")
+    t = result["timing"]
+    lines += ["", "## Dispatch share and CPU time (1 thread, FixMatch augmentation: weak 64 + weak 448 + weak/strong 448)",
+              "", "| | before | after |", "|---|---|---|",
+              f"| CPU ms at 32 px (GPU form) | {before['augment_ms_32px']:.1f} | {after['augment_ms_32px']:.1f} |",
+              f"| CPU ms at 8 px (GPU form) | {before['augment_ms_8px']:.1f} | {after['augment_ms_8px']:.1f} |",
+              f"| 8 px / 32 px (dispatch share) | {before['augment_ms_8px'] / before['augment_ms_32px']:.2f} | "
+              f"{after['augment_ms_8px'] / after['augment_ms_32px']:.2f} |", "",
+              f"Interleaved timing rounds ({t['rounds']} each, median CPU ms, 32 px): before {t['before_ms']:.1f}; after, "
+              f"CPU default form {t['after_cpu_default_ms']:.1f} (ratio **{t['ratio_cpu_default']:.2f}**), "
+              f"GPU form {t['after_gpu_form_ms']:.1f} (ratio **{t['ratio_gpu_form']:.2f}**).", ""]
+    for name, res in (("before", before), ("after", after)):
+        gb = res.get("graph_breaks")
+        if gb:
+            lines.append(f"Graph breaks ({name}, FixMatch, tiny CNN, `torch._dynamo.explain`): augmentation "
+                         f"{gb['augment']['graph_breaks']}, training_step {gb['training_step']['graph_breaks']}.")
+            for part in ("augment", "training_step"):
+                for r in gb[part]["reasons"]:
+                    lines.append(f"  - {part}: {r}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", default=None, help="a checkout of the code before the change")
+    ap.add_argument("--after", default=None, help="a checkout of the code after it (default: this file's tree)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--skip-explain", action="store_true")
+    ap.add_argument("--child", choices=["measure", "timing"], default=None)
+    ap.add_argument("--output", default=str(RESULTS / "gpu_readiness"))
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args) if args.child == "measure" else timing(args)))
+        return {}
+    here = str(Path(__file__).resolve().parent.parent)
+    trees = {"after": args.after or here, "before": args.before or here}
+    flags = ["--repeats", str(args.repeats)] + (["--skip-explain"] if args.skip_explain else [])
+    result: dict[str, Any] = {name: _run_tree(tree, "--child", "measure", *flags) for name, tree in trees.items()}
+    rounds: dict[str, list[float]] = {"before": [], "after_gpu": [], "after_cpu": []}
+    for _ in range(args.rounds):
+        rounds["before"].append(_run_tree(trees["before"], "--child", "timing", *flags)["gpu_form"])
+        t = _run_tree(trees["after"], "--child", "timing", *flags)
+        rounds["after_gpu"].append(t["gpu_form"])
+        rounds["after_cpu"].append(t["cpu_default"])
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    result["timing"] = {"rounds": args.rounds, "before_ms": med["before"], "after_gpu_form_ms": med["after_gpu"],
+                        "after_cpu_default_ms": med["after_cpu"], "ratio_gpu_form": med["after_gpu"] / med["before"],
+                        "ratio_cpu_default": med["after_cpu"] / med["before"], "all": rounds}
+    commit = subprocess.run(["git", "-C", trees["before"], "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    result["before_commit"] = commit or "?"
+    out = Path(args.output)
+    from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out.with_suffix(".json"), result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
