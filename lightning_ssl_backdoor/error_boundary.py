@@ -156,9 +156,9 @@ def guarded(cmd: str, fn: Callable[[], int], interrupt_hint: Optional[Callable[[
     from lightning_ssl_backdoor import safe_yaml, termination
 
     safe_yaml.install()  # -c files and YAML values: an alias bomb is refused (safe_yaml.MAX_YAML_NODES)
-    termination.install()  # SIGTERM stops the run as Ctrl-C does (exit 143)
     try:
-        return int(fn() or 0)
+        with termination.handled():  # SIGTERM stops the run as Ctrl-C does (exit 143)
+            return int(fn() or 0)
     except KeyboardInterrupt:
         hint = (interrupt_hint() if interrupt_hint else None) or RESUME_HINTS.get(
             cmd, f"run the same `ssl-backdoor {cmd}` command again.")

@@ -4,7 +4,7 @@
 ends the process at once: no ``finally`` runs, so the output folder's lock stays, and worker
 processes of ``experiment --jobs N`` are orphaned and train on. Here:
 
-* the command-line process (:func:`install`, called by the error boundary) turns SIGTERM into the
+* the command-line process (:func:`handled`, entered by the error boundary) turns SIGTERM into the
   Ctrl-C path: the handler calls whatever handles SIGINT at that moment, so inside a fit the
   interrupt checkpoint is saved at the next step boundary
   (:class:`~lightning_ssl_backdoor.checkpoint_io.GracefulInterrupt`) and elsewhere a
@@ -54,7 +54,7 @@ def _quiet_lightning_sigterm() -> None:
 
 
 def received() -> bool:
-    """Whether this process received SIGTERM since :func:`install`."""
+    """Whether this process received SIGTERM since :func:`handled` was entered."""
     return _received
 
 
@@ -70,13 +70,21 @@ def _like_ctrl_c(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """SIGTERM in this (the command line's) process behaves as Ctrl-C (main thread only)."""
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """For the ``with`` body, SIGTERM in this (the command line's) process behaves as Ctrl-C (main
+    thread only); the previous handler is restored after it."""
     global _received
     _received = False
     _quiet_lightning_sigterm()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _like_ctrl_c)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _like_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_exit(signum: int, frame: Optional[FrameType]) -> None:

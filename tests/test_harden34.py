@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_ssl_backdoor._lightning import Callback
 from lightning_ssl_backdoor.cli import main
 from lightning_ssl_backdoor.error_boundary import classify
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, DataFormatError, TrainingDiverged
@@ -86,6 +87,7 @@ def test_yaml_alias_bomb_in_a_config_is_refused_fast(tmp_path, capsys, doc, word
 
 
 def test_yaml_alias_bomb_on_the_command_line_is_refused(tmp_path, capsys):
+    # block options (--model.*) are read by typed_options._yaml: it must load with safe_yaml.safe_load
     value = "{a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], b: &b [" + ", ".join(["*a"] * 10) + "], c: &c [" + \
         ", ".join(["*b"] * 10) + "], d: &d [" + ", ".join(["*c"] * 10) + "], e: [" + ", ".join(["*d"] * 10) + "]}"
     assert main(["experiment", "-c", _cfg(tmp_path), "--model.model_kwargs", value, "--output", str(tmp_path / "o")]) == 2
@@ -361,7 +363,33 @@ def test_full_disk_names_the_file_being_written(tmp_path):
     assert list((tmp_path / "report").iterdir()) == []
 
 
-# ------------------------------------------------------------------ SIGTERM, --jobs 2
+# ------------------------------------------------------------------------------ SIGTERM
+class _SigtermAt(Callback):
+    """Sends this process SIGTERM at the end of training step ``step``."""
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *a):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_with_one_job_saves_a_resume_point_and_exits_143(tmp_path, capsys, monkeypatch):
+    from lightning_ssl_backdoor import faults
+    from lightning_ssl_backdoor.io_lock import lock_path
+
+    out = tmp_path / "o"
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(faults, "training_hooks", lambda: [_SigtermAt(1)])
+    cfg = _cfg(tmp_path, trainer={**SMALL["trainer"], "max_steps": 4})
+    assert main(["experiment", "-c", cfg, "--output", str(out), "--no_progress", "true"]) == 143
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1].startswith("terminated (SIGTERM):") and "again to resume" in err[-1]
+    assert torch.load(next(out.glob("cache/train-*/checkpoints/last.ckpt")), weights_only=True)["global_step"] == 1
+    assert not lock_path(out).exists() and signal.getsignal(signal.SIGTERM) == before
+
+
 def test_sigterm_with_two_jobs_stops_workers_releases_locks_and_exits_143(tmp_path):
     cfg = _cfg(tmp_path, seeds=[0, 1], jobs=2, threads=1,
                trainer={**SMALL["trainer"], "max_steps": 100_000, "val_check_interval": 50_000})
@@ -371,10 +399,13 @@ def test_sigterm_with_two_jobs_stops_workers_releases_locks_and_exits_143(tmp_pa
                              str(out), "--no_progress", "true"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline, pids = time.monotonic() + 240, []
-        while time.monotonic() < deadline and proc.poll() is None:  # both workers training, each with a checkpoint
+        while time.monotonic() < deadline and proc.poll() is None:  # both workers in their row's training
             locks = list(out.glob("cache/train-*/.lock"))
-            if len(locks) == 2 and len(list(out.glob("cache/train-*/checkpoints/last.ckpt"))) == 2:
-                pids = [json.loads(p.read_text())["pid"] for p in locks]
+            try:
+                pids = [json.loads(p.read_text())["pid"] for p in locks] if len(locks) == 2 else []
+            except (OSError, ValueError):  # a lock file being written this instant
+                pids = []
+            if pids:
                 break
             time.sleep(0.2)
         assert len(pids) == 2, proc.stderr.read() if proc.poll() is not None else "workers did not start"

@@ -104,8 +104,11 @@ def sha256_array(a: np.ndarray) -> str:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a regular file's bytes (a FIFO or a device is refused, never read: it may not end)."""
+    from lightning_ssl_backdoor.data.readers_common import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, "file") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
@@ -179,6 +182,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     side = path.with_suffix(MANIFEST_SUFFIX)
     if not path.is_file():
+        if path.exists():  # a folder, a FIFO, a device: never opened
+            from lightning_ssl_backdoor.data.readers_common import not_regular
+
+            raise not_regular(path, path.stat().st_mode, "artifact")
         raise ArtifactError(f"artifact {path} is incomplete or missing: {path.name} does not exist.")
     try:
         with zipfile.ZipFile(path) as z:

@@ -15,7 +15,8 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     ``model``, strictly: a checkpoint of another architecture or class count is refused."""
     p = Path(path)
     if not p.is_file():
-        raise ArtifactError(f"init_weights: {p} does not exist.")
+        what = "is not a regular file (a folder, a FIFO or a device)" if p.exists() else "does not exist"
+        raise ArtifactError(f"init_weights: {p} {what}; give a weights file.")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
