@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import Callable, Iterator, Optional
 
 from lightning_ssl_backdoor.errors import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, SSLBackdoorError
@@ -156,6 +157,9 @@ def guarded(cmd: str, fn: Callable[[], int], interrupt_hint: Optional[Callable[[
     from lightning_ssl_backdoor import safe_yaml, termination
 
     safe_yaml.install()  # -c files and YAML values: an alias bomb is refused (safe_yaml.MAX_YAML_NODES)
+    # _lightning's warning on a late import of the other namespace is for programs: a command says in
+    # its own error when a class_path comes from the other namespace (_parse_error_sentence)
+    warnings.filterwarnings("ignore", message="lightning_ssl_backdoor built its modules on")
     try:
         with termination.handled():  # SIGTERM stops the run as Ctrl-C does (exit 143)
             return int(fn() or 0)

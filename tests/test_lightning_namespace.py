@@ -119,3 +119,113 @@ def test_every_lightning_import_goes_through_the_compat_module():
             if direct.search(path.read_text()):
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, f"import Lightning from lightning_ssl_backdoor._lightning in {offenders}"
+
+
+# ------------------------------------------ the other namespace, named (issue 31, item 6)
+def _run(code_or_args, tmp_path, env_var=None, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != _lightning.ENV_VAR}
+    if env_var:
+        env[_lightning.ENV_VAR] = env_var
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path), env.get("PYTHONPATH", "")]))
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+LATE = r"""
+import sys, warnings
+first, *then = sys.argv[1:]
+if first != "package":
+    __import__(first)
+import lightning_ssl_backdoor._lightning as compat
+print("NS", compat.NAMESPACE)
+for name in then:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        __import__(name)
+        __import__(name)  # a second import says nothing more
+    found = [str(w.message) for w in caught if w.category is compat.LightningNamespaceWarning]
+    print("IMPORT", name, "WARNINGS", len(found))
+    for message in found:
+        print("MSG", message)
+"""
+
+
+def test_importing_lightning_after_the_package_warns_once_with_the_fix(tmp_path):
+    proc = _run(["-c", LATE + r"""
+import lightning.pytorch
+from lightning_ssl_backdoor.ssl import FixMatch
+print("REFUSED", not issubclass(FixMatch, lightning.pytorch.LightningModule))
+""", "package", "lightning"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "NS pytorch_lightning" in out and "IMPORT lightning WARNINGS 1" in out and "REFUSED True" in out
+    msg = out.split("MSG ", 1)[1].splitlines()[0]
+    assert msg.startswith("lightning_ssl_backdoor built its modules on pytorch_lightning")
+    assert "import lightning before lightning_ssl_backdoor" in msg and "SSL_BACKDOOR_LIGHTNING=lightning" in msg
+    assert "pytorch_lightning.Trainer" in msg and msg.count(". ") == 0  # one sentence
+
+
+def test_the_right_order_says_nothing_and_the_other_way_round_warns(tmp_path):
+    proc = _run(["-c", LATE, "lightning", "lightning.pytorch", "pytorch_lightning"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "NS lightning" in out and "IMPORT lightning.pytorch WARNINGS 0" in out  # lightning first: picked
+    assert "IMPORT pytorch_lightning WARNINGS 1" in out  # then the other namespace: named
+    assert "SSL_BACKDOOR_LIGHTNING=pytorch_lightning" in out and "train with lightning.Trainer" in out
+
+
+def test_a_forced_namespace_installs_no_watcher(monkeypatch):
+    monkeypatch.setenv(_lightning.ENV_VAR, _lightning.NAMESPACE)  # a decision: nothing to warn about
+    assert _lightning._watch_the_other_namespace() is None
+    monkeypatch.delenv(_lightning.ENV_VAR)
+    other = next(n for n in _lightning.NAMESPACES if n != _lightning.NAMESPACE)
+    monkeypatch.setitem(sys.modules, other, sys.modules.get(other, object()))  # already imported: too late
+    assert _lightning._watch_the_other_namespace() is None
+    watcher = _lightning._LateImportWatcher("no_such_package_xyz")
+    sys.meta_path.insert(0, watcher)
+    try:
+        with pytest.warns(_lightning.LightningNamespaceWarning, match=_lightning.ENV_VAR):
+            with pytest.raises(ImportError):
+                __import__("no_such_package_xyz")
+        assert watcher not in sys.meta_path  # once
+    finally:
+        watcher.remove()
+
+
+def test_a_foreign_class_is_named_with_the_fix():
+    ours, other = _lightning.NAMESPACE, next(n for n in _lightning.NAMESPACES if n != _lightning.NAMESPACE)
+    root = _lightning.NAMESPACES[other]
+    Callback = type("Callback", (), {"__module__": f"{root}.callbacks.callback"})  # stands in for the other's
+    LightningModule = type("LightningModule", (), {"__module__": f"{root}.core.module"})
+    here = sys.modules[__name__]
+    here.ForeignCallback = type("ForeignCallback", (Callback,), {"__module__": __name__})
+    here.ForeignModule = type("ForeignModule", (LightningModule,), {"__module__": __name__})
+    try:
+        said = _lightning.foreign_class_in_error(
+            f'Parser key "trainer.callbacks": Import path {__name__}.ForeignCallback does not correspond to a '
+            "subclass of Callback")
+        assert said.startswith(f"{__name__}.ForeignCallback subclasses {root}.callbacks.callback.Callback but "
+                               f"ssl-backdoor runs on {ours}")
+        assert f"run with SSL_BACKDOOR_LIGHTNING={other}" in said
+        said = _lightning.foreign_class_sentence(f"{__name__}.ForeignModule", "SSLModule")
+        assert "and not SSLModule: this option takes a subclass of lightning_ssl_backdoor's SSLModule" in said
+        assert _lightning.foreign_class_sentence(f"{__name__}.ConfigError", "Callback") is None  # not Lightning
+        assert _lightning.foreign_class_sentence("no_such_module.X", "Callback") is None
+        assert _lightning.foreign_class_in_error("Import path a.B does not correspond to a subclass of C") is None
+    finally:
+        del here.ForeignCallback, here.ForeignModule
+
+
+def test_fit_names_a_callback_from_the_other_namespace_and_the_fix_works(tmp_path):
+    (tmp_path / "mycb.py").write_text("import lightning\n\n\nclass PrintLoss(lightning.Callback):\n    pass\n")
+    args = ["-m", "lightning_ssl_backdoor.cli", "fit", "-c", str(ROOT / "configs" / "data" / "digits.yaml"),
+            "--model", "FixMatch", "--trainer.callbacks+=mycb.PrintLoss", "--print_config"]
+    refused = _run(args, tmp_path)  # the rule picks pytorch_lightning; mycb's `import lightning` comes later
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip() == (
+        "error: mycb.PrintLoss subclasses lightning.Callback but ssl-backdoor runs on pytorch_lightning, whose "
+        "classes are distinct: run with SSL_BACKDOOR_LIGHTNING=lightning, or subclass pytorch_lightning.Callback.")
+    fixed = _run(args, tmp_path, env_var="lightning")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert "class_path: mycb.PrintLoss" in fixed.stdout
