@@ -196,11 +196,15 @@ def test_truncated_archive_is_refused_with_its_name(tmp_path, capsys):
 # ------------------------------------------------------------------- training diverges
 def test_diverging_loss_stops_the_run_naming_the_step_and_writes_no_row(tmp_path, capsys):
     out = tmp_path / "o"
-    cfg = _cfg(tmp_path, trainer={**SMALL["trainer"], "max_steps": 4, "log_every_n_steps": 1})
+    # checked at each checkpoint here (log_every_n_steps is larger than the run)
+    cfg = _cfg(tmp_path, trainer={**SMALL["trainer"], "max_steps": 6, "val_check_interval": 6, "log_every_n_steps": 50})
     assert main(["experiment", "-c", cfg, "--model.lr", "1e30", "--output", str(out), "--no_progress", "true"]) == 2
     line = _one_error(capsys)
     assert "training diverged" in line and "from step" in line and "learning rate 1e+30" in line
     assert not (out / "results.json").exists() and not list(out.rglob("metrics.json"))
+    for ckpt in out.glob("cache/train-*/checkpoints/last.ckpt*"):  # every resume point has finite weights
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 class _Trainer:

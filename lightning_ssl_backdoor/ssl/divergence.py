@@ -10,7 +10,8 @@ before the test, so no result (``metrics.json``, results row) is written.
 No host-device synchronisation per step: after every step the guard updates, on the loss's device,
 the first step of the current run of non-finite losses (reset by a finite one), and reads it back
 only every ``trainer.log_every_n_steps`` steps (when Lightning reads the logged values anyway),
-before every validation and at the end of the fit. A run is stopped when the latest loss is not
+before every validation, before every checkpoint is written (so a resume point never holds
+diverged weights) and at the end of the fit. A run is stopped when the latest loss is not
 finite, so a single overflow that mixed precision's loss scaler skips does not stop it, while
 NaN weights (which keep every later loss NaN) always do.
 """
@@ -55,6 +56,9 @@ class DivergenceGuard(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
         self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+        self.check(trainer)  # before it is written: a resume point never holds diverged weights
 
     def check(self, trainer) -> None:  # noqa: ANN001
         """Raise :class:`TrainingDiverged` when the latest training loss was not finite."""
