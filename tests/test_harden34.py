@@ -425,3 +425,19 @@ def test_sigterm_with_two_jobs_stops_workers_releases_locks_and_exits_143(tmp_pa
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not list(out.rglob(".lock")) and not list(out.rglob("*.tmp"))
+
+
+def test_archive_member_declaring_a_huge_size_is_refused_unread(tmp_path, monkeypatch):
+    import io
+
+    import lightning_ssl_backdoor.data.readers_archive as ra
+
+    packed = tmp_path / "train.tar"
+    with tarfile.open(packed, "w") as tar:
+        info = tarfile.TarInfo("cifar10/train/a/0.png")
+        data = _png_header(4, 4)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(ra, "MAX_MEMBER_BYTES", 16)  # the real limit is 1 GiB
+    with pytest.raises(DataFormatError, match=r"member 'cifar10/train/a/0.png' of archive '.*train.tar' declares"):
+        ra.read_archive_folder([packed], "train")

@@ -97,10 +97,22 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
         for member in tar:
             name = os.path.basename(member.name)
             if member.isfile() and name in wanted and name not in out:
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    out[name] = handle.read()
+                out[name] = _member_bytes(tar, member, path)
     return out
+
+
+#: Largest archive member read into memory: CIFAR-100's ``train`` batch, the largest member of the
+#: releases read here, is 155 MB; a member declaring more (a gzip bomb of zeros) is refused unread.
+MAX_MEMBER_BYTES = 1 << 30
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+    """The bytes of the regular-file ``member`` of archive ``path``, at most :data:`MAX_MEMBER_BYTES`."""
+    if member.size > MAX_MEMBER_BYTES:
+        raise DataFormatError(f"member '{member.name}' of archive '{path}' declares {member.size:,} bytes, above the "
+                              f"limit of {MAX_MEMBER_BYTES:,}; it is not a data set file: remove it from the archive.")
+    handle = tar.extractfile(member)
+    return b"" if handle is None else handle.read()
 
 
 def cifar_archive_kind(path: Path, name: str) -> Optional[str]:
@@ -214,9 +226,7 @@ def read_archive_folder(archives: Sequence[Path], split: str = "train", image_si
                 key = _folder_member(member.name, split) if member.isfile() else None
                 if key is None or key in found:
                     continue
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    found[key] = (handle.read(), f"{path}:{member.name}")
+                found[key] = (_member_bytes(tar, member, path), f"{path}:{member.name}")
     if not found:
         names = ", ".join(str(p) for p in archives)
         raise DataFormatError(
