@@ -297,6 +297,20 @@ def test_damaged_attack_stage_entry_is_rebuilt(tmp_path):
     assert int(poisoned.unlabeled_poison_mask.sum()) == 2 and (stage / "poisoned.npz.corrupt-0").is_file()
 
 
+def test_damaged_cached_surrogate_is_retrained(tmp_path):
+    from lightning_ssl_backdoor.data.readers import load_dataset
+    from lightning_ssl_backdoor.data.split import make_split
+    from lightning_ssl_backdoor.pipeline.attack_stage import surrogate_model
+
+    train, test = load_dataset("digits", "train", image_size=8), load_dataset("digits", "test", image_size=8)
+    split = make_split(train, test, labels_per_class=2, seed=0, num_unlabeled=20)
+    (tmp_path / "surrogate.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")
+    with pytest.warns(UserWarning, match="surrogate.safetensors is unusable"):
+        model = surrogate_model(split, {"steps": 2, "batch_size": 4, "model_kwargs": {"width": 4}}, 0, tmp_path, False)
+    assert model is not None and (tmp_path / "surrogate.safetensors.corrupt-0").is_file()
+    surrogate_model(split, {"steps": 2, "batch_size": 4, "model_kwargs": {"width": 4}}, 0, tmp_path, False)  # cached
+
+
 # ------------------------------------------------------------------------ confined output
 @pytest.mark.parametrize("name", ["../../x", "/tmp/abs_name", "a/b", "..", ".hidden", ""])
 def test_experiment_name_is_a_slug(tmp_path, capsys, monkeypatch, name):

@@ -136,8 +136,8 @@ class Runner:
         if self.cfg.surrogate.get("checkpoint"):
             return Path(self.cfg.surrogate["checkpoint"])
         path = self.surrogate_dir(seed) / "surrogate.safetensors"
-        if not path.is_file():
-            surrogate_model(self.clean_split(seed), dict(self.cfg.surrogate), seed, path.parent, self.progress)
+        # trains it once; a cached one is loaded, so a damaged file is set aside and retrained here
+        surrogate_model(self.clean_split(seed), dict(self.cfg.surrogate), seed, path.parent, self.progress)
         return path
 
     def model_args(self, seed: int) -> dict[str, Any]:
