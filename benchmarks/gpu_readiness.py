@@ -71,6 +71,16 @@ class Counter(TorchDispatchMode):
     def kernels(self) -> int:
         return sum(self.ops.values())
 
+    def totals(self) -> dict[str, int]:
+        """Syncs by kind so far (also while active)."""
+        out = dict(self.syncs)
+        out["item"] += self._scalar_reads
+        return out
+
+    @property
+    def count(self) -> int:
+        return sum(self.totals().values())
+
     def _python_hook(self, name: str, kind: str) -> None:
         orig = getattr(torch.Tensor, name)
         counter = self

@@ -32,6 +32,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,9 @@ from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_writ
 from lightning_ssl_backdoor.data.imageset import ImageSet
 from lightning_ssl_backdoor.ssl import FixMatch
 from lightning_ssl_backdoor.utils import quiet_lightning
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_readiness import SYNC_KINDS, Counter as SyncCounter  # noqa: E402  (every sync kind)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,9 +70,13 @@ def make_datamodule(batch: int, seed: int = 0, mu: int = MU, image_size: int = 3
     return SSLDataModule(split=split, batch_size=batch, mu=mu, eval_batch_size=100, seed=seed)
 
 
-def make_module(model_args: dict, seed: int = 0) -> FixMatch:
+def make_module(model_args: dict, seed: int = 0, strong_mode: Optional[str] = None) -> FixMatch:
+    """``strong_mode``: StrongAugment's form ("masked": the one an accelerator runs; None: auto)."""
     torch.manual_seed(seed)
-    return FixMatch(num_classes=10, in_channels=3, **model_args)
+    module = FixMatch(num_classes=10, in_channels=3, **model_args)
+    if strong_mode is not None:
+        module.strong.mode = strong_mode
+    return module
 
 
 def _sync(device: torch.device) -> None:
@@ -111,22 +119,26 @@ class StepTimer(pl.Callback):
         self.warmup, self.device, self.counter = warmup, device, counter
         self.t0 = self.t1 = (0.0, 0.0)
         self.items = [0, 0]
+        self.kinds: list[dict[str, int]] = [{}, {}]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             _sync(self.device)
             self.t0 = _now()
             self.items[0] = self.counter.count if self.counter else 0
+            self.kinds[0] = self.counter.totals() if hasattr(self.counter, "totals") else {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == trainer.max_steps:
             _sync(self.device)
             self.t1 = _now()
             self.items[1] = self.counter.count if self.counter else 0
+            self.kinds[1] = self.counter.totals() if hasattr(self.counter, "totals") else {}
 
 
 def run_lightning(model_args: dict, batch: int, steps: int, warmup: int, device: torch.device,
-                  bare: bool, refresh: Optional[int] = None, counter: Optional[ItemCounter] = None) -> tuple[float, float]:
+                  bare: bool, refresh: Optional[int] = None, counter: Optional[ItemCounter] = None,
+                  strong_mode: Optional[str] = None) -> tuple[float, float]:
     """(wall, CPU) seconds per step of ``Trainer.fit`` (configured as ``train_row`` does unless ``bare``;
     ``refresh=1``: Lightning's default progress bar instead of ``train_row``'s)."""
     from lightning_ssl_backdoor._lightning import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -134,7 +146,7 @@ def run_lightning(model_args: dict, batch: int, steps: int, warmup: int, device:
 
     from lightning_ssl_backdoor.pipeline.training import PROGRESS_REFRESH_STEPS, MetricHistory, SSLProgressBar
 
-    dm, module = make_datamodule(batch), make_module(model_args)
+    dm, module = make_datamodule(batch), make_module(model_args, strong_mode=strong_mode)
     timer = StepTimer(warmup, device, counter)
     total = warmup + steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +165,8 @@ def run_lightning(model_args: dict, batch: int, steps: int, warmup: int, device:
         )
         trainer.fit(module, datamodule=dm)
     run_lightning.items_per_step = (timer.items[1] - timer.items[0]) / steps  # type: ignore[attr-defined]
+    run_lightning.kinds_per_step = {  # type: ignore[attr-defined]
+        k: (timer.kinds[1][k] - timer.kinds[0][k]) / steps for k in timer.kinds[1]}
     return _per_step(timer.t0, timer.t1, steps)
 
 
@@ -236,18 +250,22 @@ def measure(name: str, model_args: dict, batch: int, device: torch.device, repea
     }
 
 
-def count_syncs(steps: int = 40) -> dict[str, float]:
-    """``Tensor.item()`` calls per step (host-device synchronisations on a GPU) of the Lightning path
-    with Lightning's default progress bar (values logged with ``prog_bar=True``, redrawn every step),
-    with ``train_row``'s (:class:`SSLProgressBar`: reads the values every ``PROGRESS_REFRESH_STEPS``),
-    and without logger and progress bar (tiny CNN, CPU; the counts do not depend on the device)."""
+def count_syncs(steps: int = 40) -> dict[str, dict[str, float]]:
+    """Host syncs per step by kind (:data:`gpu_readiness.SYNC_KINDS`: ``nonzero``, ``item``
+    (``_local_scalar_dense``), ``tolist``, tensor ``bool``, data-dependent outputs, host-data tensors)
+    from the start of one training batch to its end, in the Lightning path with Lightning's default
+    progress bar (values logged with ``prog_bar=True``, redrawn every step), with ``train_row``'s
+    (:class:`SSLProgressBar`: reads the values every ``PROGRESS_REFRESH_STEPS``), and without logger
+    and progress bar (tiny CNN, CPU, strong augmentation in the form an accelerator runs; the counts
+    do not depend on the device)."""
     name, model_args, batch = SETTINGS[0]
     out = {}
     for label, refresh, bare in (("Lightning's progress bar", 1, False), ("train_row's SSLProgressBar", None, False),
                                  ("bare", None, True)):
-        with ItemCounter() as counter:
-            run_lightning(model_args, 4, steps, 1, torch.device("cpu"), bare=bare, refresh=refresh, counter=counter)
-        out[label] = run_lightning.items_per_step  # type: ignore[attr-defined]
+        with SyncCounter() as counter:
+            run_lightning(model_args, 4, steps, 1, torch.device("cpu"), bare=bare, refresh=refresh, counter=counter,
+                          strong_mode="masked")
+        out[label] = {k: run_lightning.kinds_per_step.get(k, 0.0) for k in SYNC_KINDS}  # type: ignore[attr-defined]
     return out
 
 
@@ -270,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         devices.append(torch.device("cuda"))
     rows = []
     syncs = count_syncs() if args.only in (None, "syncs") else {}
-    print("item() calls per step:", syncs, flush=True)
+    print("host syncs per step by kind:", syncs, flush=True)
     for device in devices if args.only != "syncs" else []:
         for (name, model_args, batch), steps in zip(SETTINGS, (args.tiny_steps, args.wrn_steps)):
             if args.only and not name.startswith({"tiny": "tiny", "wrn": "wrn"}[args.only]):
@@ -289,7 +307,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                     "python": platform.python_version(), "torch": torch.__version__,
                     "lightning": pl.__version__},
         "goal": "lightning / plain <= 1.10",
-        "item_calls_per_step": syncs,
+        "syncs_per_step": syncs,
         "note": args.note,
     }
     out = Path(args.output)
@@ -320,10 +338,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {r['setting']} ({r['images_per_step']} img/step) | {r['device']} | {clock}{mark} | {ms['plain']:.2f} | "
                 f"{ms['lightning']:.2f} | {ms['lightning-bare']:.2f} | {s['ratio_lightning_over_plain']:.3f} | "
                 f"{s['ratio_paired_median']:.3f} | {s['ratio_bare_over_plain']:.3f} | {max(nz.values()):.0%} |")
-    if result.get("item_calls_per_step"):
-        lines += ["", "`Tensor.item()` calls per training step in the Lightning path (each one a host-device "
-                  "synchronisation on a GPU, which stalls the queueing of the next step's kernels):", ""]
-        lines += [f"- {k}: {v:.2f}" for k, v in result["item_calls_per_step"].items()]
+    if result.get("syncs_per_step"):
+        lines += ["", "Host synchronisations per training step in the Lightning path, by kind (each one stalls the "
+                  "queueing of the next kernels on a GPU; `benchmarks/gpu_readiness.py` counts the augmentation):", ""]
+        for k, v in result["syncs_per_step"].items():
+            shown = ", ".join(f"{kind} {n:.2f}" for kind, n in v.items() if n) if isinstance(v, dict) else f"{v:.2f}"
+            lines.append(f"- {k}: {shown or 'none'}")
     return "\n".join(lines) + "\n"
 
 

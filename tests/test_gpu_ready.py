@@ -73,3 +73,37 @@ def test_ema_update_is_foreach_and_exact():
         assert torch.allclose(e, 0.9 * b + 0.1 * p, atol=1e-6)
     for e, b in zip(m.ema_model.buffers(), m.model.buffers()):
         assert torch.equal(e, b)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_ranks_draw_their_own_reproducible_augmentations_and_shard_the_hijack_check(tmp_path):
+    """2 processes, gloo: each rank's views are the same in two runs, differ between the ranks and
+    between steps; the hijack share scored in shards and summed equals the single-process one."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(root / "tests" / "ddp_seed_worker.py"), str(_free_port()), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["first"] == r0["again"] and r1["first"] == r1["again"]  # reproducible per rank
+    r0, r1 = r0["first"], r1["first"]
+    assert r0["views"][0] != r1["views"][0] and r0["views"][1] != r1["views"][1]  # ranks differ
+    assert r0["views"][0] != r0["views"][1]  # the generator advances
+    sys.path.insert(0, str(root / "tests"))
+    from ddp_seed_worker import module
+
+    single = module()  # no process group: one process scores every chunk
+    assert 0 < single.hijack_share() == r0["hijack"] == r1["hijack"]

@@ -47,6 +47,7 @@ from lightning_ssl_backdoor._lightning import pl
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.models.interface import resolve_model
 from lightning_ssl_backdoor.models.weights import load_initial_weights
+from lightning_ssl_backdoor.signatures import publish_signature
 from lightning_ssl_backdoor.ssl.batch import BATCH_LAYOUT, check_batch_layout
 from lightning_ssl_backdoor.ssl.evaluation import BackdoorEvaluation
 from lightning_ssl_backdoor.ssl.hijack import HijackDiagnostics
@@ -84,12 +85,25 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
             YAML and in the experiment runner). A mapping is saved with the hyperparameters, so
             ``load_from_checkpoint(path)`` rebuilds it; an instance is not (its weights are in the
             state dict): pass it again, ``load_from_checkpoint(path, model=MyNet())``.
+        compile_augment: compile the device augmentation (weak crop, RandAugment + Cutout) with
+            ``torch.compile(fullgraph=True)``: one graph per batch shape, no host synchronisation
+            (``true``: the inductor backend; a string: that backend). The draws stay eager, so a
+            seed gives the same draws as without it.
+        scale_lr_with_world_size: the linear scaling rule (Goyal et al. 2017): under DDP the global
+            batch is the per-rank batch times the world size, and with this flag the learning rate
+            is ``lr`` times the world size (off: ``lr`` as given; see docs/scaling.md).
     """
 
     #: augmented views of the unlabeled batch the algorithm needs: "weak", "strong", "weak2", ...
     unlabeled_views: Sequence[str] = ()
     #: whether the algorithm uses the unlabeled batch at all
     uses_unlabeled: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass declares its own options and forwards the rest (``**kwargs``) to this base:
+        # its ``__init__.__signature__`` lists them all (inspect, IDEs, --help, the config parsers)
+        super().__init_subclass__(**kwargs)
+        publish_signature(cls)
 
     def __init__(
         self,
@@ -112,6 +126,8 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         channels_last: bool = False,
         init_weights: Optional[str] = None,
         model: Union[Dict[str, Any], nn.Module, None] = None,
+        compile_augment: Union[bool, str] = False,
+        scale_lr_with_world_size: bool = False,
     ) -> None:
         super().__init__()
         # an instance is not a hyperparameter (see save_hyperparameters); a class_path mapping is
@@ -137,6 +153,12 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
                 p.requires_grad_(False)
         self.weak = WeakAugment(flip=weak_flip, pad=weak_pad)
         self.strong = StrongAugment(n=strong_n, m=strong_m)
+        if compile_augment:
+            backend = "inductor" if compile_augment is True else str(compile_augment)
+            self.weak.compile_apply(backend)
+            self.strong.compile_apply(backend)
+        #: this rank's augmentation generator under DDP (seeded from (seed, rank, step)); None: global RNG
+        self._augment_rng: Optional[torch.Generator] = None
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             if self.ema_model is not None:
@@ -200,22 +222,33 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         self._restore_rng_if_resumed()
         lab = batch["labeled"]
         x_l = lab["x"].float().div_(255.0)
-        out = {"labeled": {"x": x_l, "weak": self.weak(x_l), "y": lab["y"], "idx": lab["idx"]}}
+        gen = self.augment_generator(x_l.device)
+        out = {"labeled": {"x": x_l, "weak": self.weak(x_l, generator=gen), "y": lab["y"], "idx": lab["idx"]}}
         if "unlabeled" in batch and self.uses_unlabeled:
             unl = batch["unlabeled"]
             x_u = unl["x"].float().div_(255.0)
             views = {"x": x_u, "idx": unl["idx"]}
             for v in self.unlabeled_views:
-                views[v] = self.make_view(v, x_u)
+                views[v] = self.make_view(v, x_u, generator=gen)
             out["unlabeled"] = views
         return out
 
-    def make_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def augment_generator(self, device: torch.device) -> Optional[torch.Generator]:
+        """Under a process group of several ranks, this rank's own generator, seeded from
+        ``(torch.initial_seed(), rank, global_step)`` (:mod:`lightning_ssl_backdoor.augment.seeding`):
+        ranks draw different augmentations, each reproducibly. A single process: None (global RNG)."""
+        from lightning_ssl_backdoor.augment.seeding import maybe_rank_generator
+
+        step = int(self.global_step) if self._trainer is not None else 0
+        self._augment_rng = maybe_rank_generator(self._augment_rng, torch.initial_seed(), device, step)
+        return self._augment_rng
+
+    def make_view(self, name: str, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``weak*`` -> flip + crop; ``strong*`` -> weak then per-sample RandAugment + Cutout."""
         if name.startswith("weak"):
-            return self.weak(x)
+            return self.weak(x, generator=generator)
         if name.startswith("strong"):
-            return self.strong(self.weak(x))
+            return self.strong(self.weak(x, generator=generator), generator=generator)
         if name == "raw":
             return x
         raise ConfigError(f"unknown view {name!r}; use names starting with 'weak' or 'strong'.")
@@ -331,7 +364,7 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=self.hparams.lr,
+            lr=self.hparams.lr * self.lr_world_factor(),
             momentum=self.hparams.momentum,
             nesterov=self.hparams.nesterov and self.hparams.momentum > 0,
         )
@@ -348,6 +381,12 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_world_factor(self) -> int:
+        """The world size with ``scale_lr_with_world_size`` (linear scaling rule), else 1."""
+        if not self.hparams.get("scale_lr_with_world_size", False) or self._trainer is None:
+            return 1
+        return int(self.trainer.world_size)
 
     def total_steps(self) -> int:
         if self._trainer is None:

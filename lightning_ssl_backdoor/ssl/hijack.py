@@ -16,6 +16,10 @@ every validation. They are logged as ``backdoor/hijack_step0`` and ``backdoor/hi
 reach the runner's history, ``results.json``, ``results.md`` and the curves figure. ``tau`` is the
 algorithm's ``threshold`` (0.95 where it has none). The step-0 value is saved in checkpoints, so a
 resumed run reports the value of its true start.
+
+Under DDP each rank scores its own shard (chunks ``i`` with ``i mod world == rank``) and the hit
+counts are summed over the ranks (one ``all_reduce``); every rank still draws every chunk's weak
+view from the seeded generator, so the share equals the single-process one exactly.
 """
 
 from __future__ import annotations
@@ -54,18 +58,26 @@ class HijackDiagnostics:
             return None
         was_training = self.model.training
         self.model.eval()
+        from lightning_ssl_backdoor.augment.seeding import distributed_rank
+
+        rank, world = distributed_rank()
         g = torch.Generator().manual_seed(1_234_567)
-        hits = 0
+        hits = torch.zeros((), dtype=torch.long, device=self.device)
         try:
-            for start in range(0, len(images), self.hijack_chunk):
+            for i, start in enumerate(range(0, len(images), self.hijack_chunk)):
                 x = images[start:start + self.hijack_chunk].float().div(255.0)
-                x = self.weak(x, generator=g).to(self.device)
+                params = self.weak.sample_params(len(x), generator=g)  # every rank draws every chunk
+                if i % world != rank:
+                    continue
+                x = self.weak.apply_params(x, params).to(self.device)
                 prob = torch.softmax(self.model(self._fmt(x)).float(), dim=1)
                 conf, pred = prob.max(dim=1)
-                hits += int(((pred == self.target) & (conf >= self.hijack_threshold)).sum())
+                hits += ((pred == self.target) & (conf >= self.hijack_threshold)).sum()
         finally:
             self.model.train(was_training)
-        return hits / len(images)
+        if world > 1:
+            torch.distributed.all_reduce(hits)
+        return int(hits) / len(images)
 
     def _hijack_on_train_start(self) -> None:
         if getattr(self, "_hijack_step0", None) is None and self.global_step == 0:
