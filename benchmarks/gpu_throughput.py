@@ -8,6 +8,12 @@ device (weak flip + crop and the per-sample RandAugment + Cutout of ``StrongAugm
 unlabeled weak and strong in one concatenated pass, Alg. 1). Each configuration runs with
 ``torch.compile`` of the backbone off and on (the compiled one warms up longer).
 
+The augmentation is timed apart (``on_after_batch_transfer``, between CUDA events recorded on the
+stream, read once at the end, so timing adds no host synchronisation; on a CPU, ``perf_counter``):
+``augment_ms_per_step`` and ``model_ms_per_step`` (the rest of the step: forward, backward,
+optimiser, EMA, Lightning). ``--compile-augment`` compiles the augmentation as
+``model.compile_augment: true`` does.
+
 Reported per configuration: seconds per step (median over the timed steps' blocks), images/s
 (forwarded images: 960 per step) and samples/s (B + mu B distinct images per step), the FLOPs of
 one step's forward and backward pass of the backbone counted with
@@ -79,6 +85,42 @@ def step_flops(module: FixMatch, images: int, image_size: int, device: torch.dev
     return int(counter.get_total_flops())
 
 
+class AugmentTimer:
+    """Times ``module.on_after_batch_transfer`` from step ``warmup`` on: CUDA events on the current
+    stream (read after the run), or ``perf_counter`` on a CPU."""
+
+    def __init__(self, module: Any, device: torch.device, warmup: int) -> None:
+        self.device, self.warmup = device, warmup
+        self.events: list[tuple[Any, Any]] = []
+        self.cpu_seconds: list[float] = []
+        inner = module.on_after_batch_transfer
+
+        def timed(batch: Any, dataloader_idx: int) -> Any:
+            if module._trainer is None or module.trainer.global_step < warmup or "labeled" not in batch:
+                return inner(batch, dataloader_idx)
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = inner(batch, dataloader_idx)
+                end.record()
+                self.events.append((start, end))
+                return out
+            t0 = time.perf_counter()
+            out = inner(batch, dataloader_idx)
+            self.cpu_seconds.append(time.perf_counter() - t0)
+            return out
+
+        module.on_after_batch_transfer = timed
+
+    def seconds_per_step(self) -> Optional[float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            times = [s.elapsed_time(e) / 1000.0 for s, e in self.events]
+        else:
+            times = self.cpu_seconds
+        return statistics.median(times) if times else None
+
+
 class BlockTimer(pl.Callback):
     """Wall time of each block of ``block`` steps after ``warmup`` steps (synchronised ends)."""
 
@@ -114,6 +156,10 @@ def run(args: argparse.Namespace, compile_mode: str, device: torch.device) -> di
     flops = step_flops(module, images, args.image_size, device)
     if compile_mode != "off":
         module.model = torch.compile(module.model, backend="inductor" if compile_mode == "on" else compile_mode)
+    if args.compile_augment:
+        module.weak.compile_apply("inductor" if compile_mode in ("off", "on") else compile_mode)
+        module.strong.compile_apply("inductor" if compile_mode in ("off", "on") else compile_mode)
+    aug_timer = AugmentTimer(module, device, args.warmup)
     timer = BlockTimer(args.warmup, args.block, device)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
@@ -126,6 +172,7 @@ def run(args: argparse.Namespace, compile_mode: str, device: torch.device) -> di
         trainer.fit(module, datamodule=dm)
         total = time.perf_counter() - t0
     per_step = statistics.median(timer.seconds_per_step())
+    aug = aug_timer.seconds_per_step()
     achieved = flops / per_step / 1e12
     peak = args.peak_tflops or (peak_bf16_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
     return {
@@ -134,6 +181,9 @@ def run(args: argparse.Namespace, compile_mode: str, device: torch.device) -> di
         "arch": args.arch, "batch": args.batch, "mu": args.mu, "image_size": args.image_size,
         "images_per_step": images, "samples_per_step": args.batch * (1 + args.mu),
         "seconds_per_step": round(per_step, 5),
+        "augment_ms_per_step": None if aug is None else round(1000 * aug, 3),
+        "model_ms_per_step": None if aug is None else round(1000 * (per_step - aug), 3),
+        "compile_augment": bool(args.compile_augment),
         "seconds_per_step_blocks": [round(s, 5) for s in timer.seconds_per_step()],
         "images_per_s": round(images / per_step, 1), "samples_per_s": round(args.batch * (1 + args.mu) / per_step, 1),
         "flops_per_step": flops, "achieved_tflops": round(achieved, 3),
@@ -149,14 +199,15 @@ def markdown(result: dict[str, Any]) -> str:
              f"Device: {m['device']}; torch {m['torch']}, Lightning {m['lightning']}. One step forwards "
              "B + 2 mu B images (labeled weak, unlabeled weak, unlabeled strong); augmentation on the device "
              "included; FLOPs = the backbone's forward + backward (FlopCounterMode).", "",
-             "| arch | precision | channels_last | compile | B, mu | ms/step | images/s | samples/s | TFLOP/step | "
-             "TFLOP/s | bf16 peak | share of peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| arch | precision | channels_last | compile | B, mu | ms/step | augment ms | model ms | images/s | "
+             "samples/s | TFLOP/step | TFLOP/s | bf16 peak | share of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         share = "n/a" if r["share_of_peak"] is None else f"{100 * r['share_of_peak']:.1f}%"
         lines.append(
             f"| {r['arch']} | {r['precision']} | {r['channels_last']} | {r['compile']} | {r['batch']}, {r['mu']} | "
-            f"{1000 * r['seconds_per_step']:.2f} | {r['images_per_s']:.0f} | {r['samples_per_s']:.0f} | "
+            f"{1000 * r['seconds_per_step']:.2f} | {r.get('augment_ms_per_step') or 'n/a'} | "
+            f"{r.get('model_ms_per_step') or 'n/a'} | {r['images_per_s']:.0f} | {r['samples_per_s']:.0f} | "
             f"{r['flops_per_step'] / 1e12:.3f} | {r['achieved_tflops']:.2f} | {r['peak_bf16_tflops'] or 'n/a'} | {share} |")
     return "\n".join(lines) + "\n"
 
@@ -172,6 +223,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--channels-last", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     ap.add_argument("--compile", nargs="+", default=["off", "on"],
                     help="off, on (inductor) or another torch.compile backend name (eager: the test's)")
+    ap.add_argument("--compile-augment", action="store_true", help="compile the augmentation (fullgraph)")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps (compilation happens here)")
     ap.add_argument("--steps", type=int, default=60, help="timed steps")
     ap.add_argument("--block", type=int, default=0, help="steps per timed block (default: steps / 6)")
@@ -189,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     for mode in args.compile:
         rows.append(run(args, mode, device))
         r = rows[-1]
-        print(f"compile={mode}: {1000 * r['seconds_per_step']:.2f} ms/step, {r['images_per_s']:.0f} images/s, "
+        print(f"compile={mode}: {1000 * r['seconds_per_step']:.2f} ms/step (augment {r['augment_ms_per_step']} ms), {r['images_per_s']:.0f} images/s, "
               f"{r['achieved_tflops']:.2f} TFLOP/s, share of peak {r['share_of_peak']}", flush=True)
     result = {"rows": rows, "machine": {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
