@@ -107,3 +107,28 @@ def test_ddp_ranks_draw_their_own_reproducible_augmentations_and_shard_the_hijac
 
     single = module()  # no process group: one process scores every chunk
     assert 0 < single.hijack_share() == r0["hijack"] == r1["hijack"]
+
+
+def test_compile_augment_option_gives_the_views_of_the_eager_masked_form():
+    import torch._dynamo as dynamo
+
+    from lightning_ssl_backdoor.ssl import FixMatch
+
+    def views(**kw):
+        torch.manual_seed(0)
+        m = FixMatch(arch="tiny_cnn", num_classes=4, in_channels=3, weak_pad=1, model_kwargs={"width": 4}, **kw)
+        if not kw:
+            m.strong.mode = "masked"
+        g = torch.Generator().manual_seed(3)
+        raw = {"labeled": {"x": torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g),
+                           "y": torch.arange(4) % 4, "idx": torch.arange(4)},
+               "unlabeled": {"x": torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=g),
+                             "idx": torch.arange(8)}}
+        torch.manual_seed(1)
+        return m.on_after_batch_transfer(raw, 0)
+
+    dynamo.reset()
+    eager, compiled = views(), views(compile_augment="eager")  # "eager": the capture without a C++ build
+    assert torch.equal(eager["labeled"]["weak"], compiled["labeled"]["weak"])
+    assert torch.allclose(eager["unlabeled"]["strong"], compiled["unlabeled"]["strong"], atol=1e-6, rtol=0)
+    dynamo.reset()
