@@ -22,7 +22,7 @@ from lightning_ssl_backdoor.attacks.poison_label import BadNetsAttack, BlendedAt
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.names import resolve
 
-__all__ = ["ALIASES", "ATTACKS", "attack_class", "build_attack", "build_attack_from_spec"]
+__all__ = ["ALIASES", "ATTACKS", "DISPLAY_NAMES", "attack_class", "display_name", "build_attack", "build_attack_from_spec"]
 
 ATTACKS: Dict[str, Type[Attack]] = {
     cls.name: cls
@@ -42,6 +42,17 @@ ATTACKS: Dict[str, Type[Attack]] = {
     )
 }
 ALIASES = {"dehib": "deneb", "carlini": "interpolation", "turner": "clean_label_turner", "lc": "label_consistent"}
+#: how reports (LaTeX tables, figure legends) name each attack; see :func:`display_name`
+DISPLAY_NAMES = {
+    "badnets": "BadNets", "blended": "Blended", "cl_badnets": "CL-BadNets", "clean_label": "Clean-label",
+    "clean_label_turner": "Clean-label (Turner)", "deneb": "DeNeB", "freq": "Freq", "interpolation": "Interpolation",
+    "label_consistent": "Label-consistent", "mosaic": "Mosaic", "narcissus": "Narcissus", "wanet": "WaNet",
+}
+
+
+def display_name(name: str) -> str:
+    """The name reports print for the attack registered as ``name`` (the name itself if unknown)."""
+    return DISPLAY_NAMES.get(name, name)
 
 
 def attack_class(name: str) -> Type[Attack]:

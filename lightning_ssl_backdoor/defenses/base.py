@@ -56,6 +56,20 @@ from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig, config_
 #: name -> class of every registered defense (filled by :func:`register_defense` on import)
 DEFENSES: dict[str, type["Defense"]] = {}
 
+#: how reports (LaTeX tables, figure legends) name each registered defense; see :func:`display_name`
+DISPLAY_NAMES = {
+    "abl": "ABL", "activation_clustering": "Activation clustering", "clustering": "Clustering", "dbd": "DBD",
+    "depud": "DePuD", "dpsgd": "DP-SGD", "fp": "FP", "ft": "FT", "influence": "Influence", "invalidator": "BI",
+    "mcr": "MCR", "nad": "NAD", "neural_cleanse": "NC", "oracle_removal": "Oracle removal",
+    "self_training": "Self-training", "self_training_simclr": "Self-training (SimCLR)", "shrinkpad": "ShrinkPad",
+    "spectral": "SS", "strong_augment": "Strong augmentation", "upure": "UPure",
+}
+
+
+def display_name(name: str) -> str:
+    """The name reports print for the defense registered as ``name`` (the name itself if unknown)."""
+    return DISPLAY_NAMES.get(name, name)
+
 
 def register_defense(cls: type["Defense"]) -> type["Defense"]:
     """Class decorator: make ``cls`` available as ``defense: {name: cls.name}``."""
@@ -119,6 +133,9 @@ class DefenseContext:
     progress: bool = True
     info: dict = field(default_factory=dict)
     undefended_dir: Optional[Path] = None
+    # the row's TensorBoard (folder, run name): a model a defense trains without ``train`` logs to
+    # the run ``<run name>/<model>`` there (self-training's students); None: not logged
+    tensorboard: Optional[tuple] = None
 
     def train(
         self,

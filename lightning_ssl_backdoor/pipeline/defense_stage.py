@@ -27,12 +27,14 @@ def defense_context(
     progress: bool = True,
     trainer_fn: Optional[Callable[..., dict]] = None,
     undefended_dir: Optional[Path] = None,
+    tensorboard: Optional[tuple[Path, str]] = None,
 ) -> DefenseContext:
     """The context the runner hands a defense (``trainer_fn`` replaces ``train_row``, for tests;
-    ``undefended_dir``: the undefended row's training folder, shared by its model repairs)."""
+    ``undefended_dir``: the undefended row's training folder, shared by its model repairs;
+    ``tensorboard``: the row's TensorBoard (folder, run name), for models trained outside ``train_fn``)."""
     return DefenseContext(
         split=split, seed=seed, algorithm=algorithm, model_args=model_args, data=data, trainer=trainer,
         stage_dir=Path(stage_dir), progress=progress, train_fn=trainer_fn or train_row,
         load_fn=load_trained, evaluate_fn=evaluate_model,
-        undefended_dir=None if undefended_dir is None else Path(undefended_dir),
+        undefended_dir=None if undefended_dir is None else Path(undefended_dir), tensorboard=tensorboard,
     )

@@ -42,7 +42,7 @@ from lightning_ssl_backdoor.pipeline.results_merge import grid_keys, merge_rows
 from lightning_ssl_backdoor.pipeline.training import train_row
 from lightning_ssl_backdoor.pipeline.validate import validate_ranges
 from lightning_ssl_backdoor.report.figures import example_grid
-from lightning_ssl_backdoor.report.tables import write_report
+from lightning_ssl_backdoor.pipeline.display import write_experiment_report as write_report
 from lightning_ssl_backdoor.termination import install_worker
 from lightning_ssl_backdoor.utils import quiet_lightning
 
@@ -185,7 +185,7 @@ class Runner:
 
             ctx = defense_context(split, seed, algorithm, model_args, self.cfg.data, self.cfg.trainer,
                                   self.cache / f"defense-{tkey}", progress=self.progress, trainer_fn=train_named,
-                                  undefended_dir=self.cache / f"train-{train_key(None)}")
+                                  undefended_dir=self.cache / f"train-{train_key(None)}", tensorboard=run)
             res = build_defense(defense).run(ctx)
             return self.make_row(algorithm, attack, defense, seed, split, res, res.get("defense_info", {}), tkey)
         workdir = self.cache / f"train-{tkey}"

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from lightning_ssl_backdoor._lightning import pl
 import torch
-from lightning_ssl_backdoor._lightning import Callback, LearningRateMonitor, TQDMProgressBar
+from lightning_ssl_backdoor._lightning import Callback, TQDMProgressBar
 from lightning_ssl_backdoor._lightning import TensorBoardLogger
 from safetensors.torch import load_file, save
 from torch import nn
@@ -23,7 +23,7 @@ from lightning_ssl_backdoor.pipeline.distributed import launcher_num_nodes
 from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig
 from lightning_ssl_backdoor.ssl import SSLModule, resolve_algorithm
 
-__all__ = ["MetricHistory", "SSLProgressBar", "evaluate_model", "load_trained", "resolve_algorithm", "train_row"]
+__all__ = ["MetricHistory", "OptimizerLR", "SSLProgressBar", "evaluate_model", "load_trained", "resolve_algorithm", "train_row"]
 
 
 #: the progress bar of a row redraws every this many steps (each redraw reads the shown values:
@@ -44,6 +44,22 @@ class SSLProgressBar(TQDMProgressBar):
         for k, v in getattr(pl_module, "bar_values", {}).items():
             out[k] = f"{v.item():.3g}" if torch.is_tensor(v) else v
         return out
+
+
+class OptimizerLR(Callback):
+    """The learning rate, one TensorBoard curve per optimiser: ``lr-<class>`` (``lr-<class>-<i>``
+    when two optimisers share a class), the first parameter group's rate, every
+    ``log_every_n_steps`` steps. The parameter groups of one optimiser (weights with and without
+    weight decay) follow one schedule, where Lightning's LearningRateMonitor draws a curve each."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not trainer.loggers or trainer.global_step % max(1, int(trainer.log_every_n_steps)):
+            return
+        kinds = [type(o).__name__ for o in trainer.optimizers]
+        values = {f"lr-{k}" + (f"-{i}" if kinds.count(k) > 1 else ""): float(o.param_groups[0]["lr"])
+                  for i, (k, o) in enumerate(zip(kinds, trainer.optimizers))}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
 
 
 class MetricHistory(Callback):
@@ -92,7 +108,8 @@ def train_row(
     history over steps and the wall-clock seconds. ``workdir/metrics.json`` marks completion. With
     ``save_model`` the final weights (raw and EMA) are kept in ``workdir/model.safetensors`` (the
     result's ``model_path``) for :func:`load_trained`. ``tensorboard``: (folder, run name) of the
-    TensorBoard run (default ``workdir/tb``); the learning rate is logged there (``lr-SGD``).
+    TensorBoard run (default ``workdir/tb``); the learning rate is logged there, one curve per
+    optimiser (``lr-SGD``), and no placeholder ``hp_metric``.
     """
     done = workdir / "metrics.json"
     cached = read_json_entry(done, is_row_result)  # a damaged entry is set aside and the row rebuilt
@@ -121,8 +138,8 @@ def train_row(
         strategy=trainer_cfg.strategy,
         precision=trainer_cfg.precision,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
-        logger=TensorBoardLogger(str(tb_dir), name=tb_name, version="" if tensorboard else 0),
-        callbacks=[checkpoint, history, LearningRateMonitor("step")] + list(extra_callbacks or [])
+        logger=TensorBoardLogger(str(tb_dir), name=tb_name, version="" if tensorboard else 0, default_hp_metric=False),
+        callbacks=[checkpoint, history, OptimizerLR()] + list(extra_callbacks or [])
         + ([SSLProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)] if enable_progress_bar else []),
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,

@@ -1,8 +1,18 @@
-"""Report figures (matplotlib, Agg): CA/ASR bars per row, CA and ASR over training steps,
-per-target ASR, a grid of clean vs triggered vs poisoned examples, and (for rows of Carlini's
-training-dynamics defense) the influence histogram of poisons vs clean images (Fig. 7). Each figure is written as a
-PNG (``DPI`` dots per inch) and as a PDF beside it (vector, for papers); every file atomically
-(temporary file, then rename) with the usual permissions (0666 less the umask)."""
+"""Report figures (matplotlib, Agg), every one drawn from the same :class:`ReportView`, so a row has
+one style and one name in all of them (:mod:`lightning_ssl_backdoor.report.style`):
+
+- ``ca_asr_bars``: per row, clean accuracy, and plain beside conditioned ASR, mean ± std over
+  seeds, with each attack's base rate and the chance level (also ``ca_asr_bars_1col.pdf``, one
+  column wide);
+- ``curves`` (:mod:`~lightning_ssl_backdoor.report.curves`): CA and both ASRs over training steps,
+  one row of panels per attack;
+- ``tradeoff`` (:mod:`~lightning_ssl_backdoor.report.tradeoff`): every defense's CA lost against the
+  conditioned ASR it leaves (also ``tradeoff_1col.pdf``);
+- ``asr_per_target``, the attack ``examples_*`` grids and, for rows of Carlini's training-dynamics
+  defense, the influence histogram of poisons vs clean images (Fig. 7).
+
+Each figure is a PNG (for the Markdown report) and a vector PDF beside it, written atomically.
+"""
 
 from __future__ import annotations
 
@@ -15,108 +25,123 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from lightning_ssl_backdoor.data.artifacts import atomic_write, load_arrays  # noqa: E402
+from lightning_ssl_backdoor.data.artifacts import load_arrays  # noqa: E402
 from lightning_ssl_backdoor.errors import ArtifactError  # noqa: E402
 from lightning_ssl_backdoor.metrics import auroc as metric_auroc  # noqa: E402
-from lightning_ssl_backdoor.report.summary import summarize  # noqa: E402
+from lightning_ssl_backdoor.report.curves import curves  # noqa: E402
+from lightning_ssl_backdoor.report.style import (  # noqa: E402
+    BASE_RATE_LINE, CHANCE_LINE, DPI, MIN_FONT, ONE_COLUMN, TWO_COLUMN, Names, percent_axis, reference_handles,
+    row_gid, row_key, save_figure, styled,
+)
+from lightning_ssl_backdoor.report.tradeoff import tradeoff  # noqa: E402
+from lightning_ssl_backdoor.report.view import ReportView  # noqa: E402
 
-DPI = 200
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Save ``fig`` as ``path`` (PNG at ``DPI``) and as the PDF beside it; return the PNG's path."""
-    try:
-        for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
-            atomic_write(target, lambda fh, fmt=fmt: fig.savefig(fh, format=fmt, dpi=DPI, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-    return path
+__all__ = ["DPI", "bars", "curves", "example_grid", "influence_histogram", "per_target", "plt", "save_figure",
+           "tradeoff", "write_figures"]
 
 
-def _label(s: dict[str, Any]) -> str:
-    parts = [s["algorithm"], s["attack"] or "no attack"]
-    if s["defense"]:
-        parts.append(f"+ {s['defense']}")
-    return "\n".join(parts)
+def _bar_lines(view: ReportView) -> list[tuple[str, Optional[dict[str, Any]]]]:
+    """The bands of the bar chart, top down: (label, summary row), or (heading, None) above each
+    attack's rows when the rows of an attack differ by their defense (the heading names the attack,
+    the rows their defense only)."""
+    first: dict[tuple, int] = {}
+    for s in view.summary:  # rows of one attack together (explicit ``rows`` may interleave them)
+        first.setdefault((s["algorithm"], s["attack"]), len(first))
+    summary = sorted(view.summary, key=lambda s: first[(s["algorithm"], s["attack"])])
+    grouped = "defense" not in view.styles.constant and len(first) > 1
+    if not grouped:
+        return [(view.styles.label(row_key(s)), s) for s in summary]
+    several = "algorithm" not in view.styles.constant
+    lines: list[tuple[str, Optional[dict[str, Any]]]] = []
+    for s in summary:
+        alg, attack = s["algorithm"], s["attack"]
+        if not lines or (lines[-1][1] or {}).get("attack", object()) != attack or lines[-1][1]["algorithm"] != alg:
+            head = view.names("attack", attack)
+            lines.append(((f"{view.names('algorithm', alg)}, " if several else "") + head[:1].upper() + head[1:], None))
+        lines.append((view.names("defense", s["defense"]), s))
+    return lines
 
 
-def bars(rows: list[dict[str, Any]], path: Path) -> Path:
-    summary = summarize(rows)
-    n = len(summary)
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * n + 2), 3.8))
-    xs = range(n)
-    w = 0.38
-    ca = [s["clean_accuracy"] or 0 for s in summary]
-    asr = [s["asr"] or 0 for s in summary]
-    has_asr = [s["asr"] is not None for s in summary]  # no attack: no ASR bar, "n/a" above it
-    ax.bar([x - w / 2 for x in xs], ca, w, yerr=[s["clean_accuracy_std"] or 0 for s in summary], label="clean accuracy", color="#4C72B0")
-    ax.bar([x + w / 2 for x in xs], asr, w, yerr=[s["asr_std"] or 0 for s in summary], label="attack success rate", color="#C44E52")
-    for x, a, b, h in zip(xs, ca, asr, has_asr):
-        ax.text(x - w / 2, a + 1, f"{a:.1f}", ha="center", fontsize=8)
-        ax.text(x + w / 2, b + 1, f"{b:.1f}" if h else "n/a", ha="center", fontsize=8)
-    ax.set_xticks(list(xs), [_label(s) for s in summary], fontsize=8)
-    ax.set_ylim(0, 122)  # headroom: the legend sits above the tallest bar labels
-    ax.set_ylabel("%")
-    ax.set_title("Clean accuracy and attack success rate per row (mean ± std over seeds)")
-    ax.legend(loc="upper right", fontsize=8, ncol=2)
-    return save_figure(fig, path)
-
-
-def curves(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
-    """CA and ASR over training steps, and (where an attack has triggered poisons) the hijack share:
-    triggered poisons pseudo-labelled as the target above the mask threshold (step 0 included)."""
-    rows = [r for r in rows if r.get("history")]
-    if not rows:
-        return None
-    hijack = any("backdoor/hijack" in p for r in rows for p in r["history"])
-    fig, axes = plt.subplots(1, 3 if hijack else 2, figsize=(16 if hijack else 11, 3.8))
-    for r in rows:
-        h = r["history"]
-        suffix = "_ema" if r.get("evaluated_weights") == "ema" else ""
-        steps = [p["step"] for p in h]
-        lab = f"{r['algorithm']} / {r['attack'] or 'no attack'}{' / ' + r['defense'] if r['defense'] else ''} / s{r['seed']}"
-        axes[0].plot(steps, [100 * p.get("acc" + suffix, float("nan")) for p in h], marker=".", label=lab)
-        if any(("asr" + suffix) in p for p in h):
-            axes[1].plot(steps, [100 * p.get("asr" + suffix, float("nan")) for p in h], marker=".", label=lab)
-        if hijack and any("backdoor/hijack" in p for p in h):
-            start = next((p["backdoor/hijack_step0"] for p in h if "backdoor/hijack_step0" in p), None)
-            xs = ([0] if start is not None else []) + steps
-            ys = ([start] if start is not None else []) + [p.get("backdoor/hijack", float("nan")) for p in h]
-            axes[2].plot(xs, [100 * y for y in ys], marker=".", label=lab)
-    axes[0].set_title("Clean accuracy over training steps")
-    axes[1].set_title("Attack success rate over training steps")
-    if hijack:
-        axes[2].set_title("Triggered poisons hijacked (target, above tau)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.set_ylabel("%")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def per_target(rows: list[dict[str, Any]], path: Path) -> Optional[Path]:
-    targets = {r.get("target") for r in rows if r.get("asr") is not None}
-    if len(targets) < 2:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    groups: dict[str, dict[int, list[float]]] = {}
-    for r in rows:
-        if r.get("asr") is None:
+@styled
+def bars(view: ReportView, path: Path, width: float = TWO_COLUMN, png: bool = True) -> Path:
+    """Horizontal bars, one band per row (grouped by attack, top down): CA on the left; plain ASR
+    (hatched) beside conditioned ASR (solid) on the right, with the attack's base rates as ticks
+    over the two bars and the chance level as a dotted line; error bars: ±std over seeds."""
+    lines = _bar_lines(view)
+    n = len(lines)
+    narrow = width < TWO_COLUMN / 1.5
+    gray = "#777777"
+    base_line = {**BASE_RATE_LINE, "linestyle": "-", "linewidth": 1.4,
+                 "path_effects": [patheffects.withStroke(linewidth=2.6, foreground="white")]}
+    extra = [(Patch(facecolor=to_rgba(gray, 0.25), edgecolor=gray, hatch="//////", linewidth=0.5), "ASR (plain)"),
+             (Patch(color=gray), "ASR (conditioned)"), (plt.Line2D([], [], **base_line), "base rate (no-attack model)")]
+    extra += reference_handles(base_rate=False, chance=view.chance)
+    top = view.styles.legend_height(width, [], extra)
+    fig, (ax_ca, ax_asr) = plt.subplots(1, 2, figsize=(width, top + 0.5 + 0.19 * n), sharey=True,
+                                        gridspec_kw={"width_ratios": [1, 1.3]})
+    err = {"elinewidth": 0.6, "capsize": 1.5, "ecolor": "#222222"}
+    for i, (_, s) in enumerate(lines):
+        if s is None:
+            if i:
+                for ax in (ax_ca, ax_asr):
+                    ax.axhline(i - 0.5, color="#bbbbbb", linewidth=0.5)
             continue
-        groups.setdefault(f"{r['algorithm']} / {r['attack']}", {}).setdefault(int(r["target"]), []).append(r["asr"])
-    for name, by_t in groups.items():
+        color = view.styles[row_key(s)].color
+        gid = row_gid(row_key(s))
+        ax_ca.barh(i, s["clean_accuracy"] or 0, 0.7, color=color, xerr=s["clean_accuracy_std"], error_kw=err, gid=gid)
+        if s["asr"] is None:
+            ax_asr.text(1.5, i, "n/a (no attack)" if s["attack"] is None else "n/a (no ASR recorded)", va="center",
+                        fontsize=MIN_FONT, color="#555555")
+            continue
+        ax_asr.barh(i - 0.18, s["asr"], 0.36, facecolor=to_rgba(color, 0.25), edgecolor=color, hatch="//////",
+                    linewidth=0.5, xerr=s["asr_std"], error_kw=err, gid=gid)
+        ax_asr.barh(i + 0.18, s["asr_conditioned"] or 0, 0.36, color=color, xerr=s["asr_conditioned_std"], error_kw=err,
+                    gid=gid)
+        base = view.base_rate(s["algorithm"], s["attack"])
+        for value, lo in ((base or {}).get("asr"), -0.38), ((base or {}).get("asr_conditioned"), 0.0):
+            if value is not None:
+                ax_asr.plot([value, value], [i + lo, i + lo + 0.38], **base_line)
+    for ax, label in ((ax_ca, "CA (%)" if narrow else "clean accuracy (%)"),
+                      (ax_asr, "ASR (%)" if narrow else "attack success rate (%)")):
+        percent_axis(ax, "x", label)
+        if narrow:
+            ax.set_xticks([0, 50, 100])
+        if view.chance is not None:
+            ax.axvline(view.chance, **CHANCE_LINE)
+    ax_ca.set_yticks(range(n), [label for label, _ in lines])
+    for tick, (_, s) in zip(ax_ca.get_yticklabels(), lines):
+        if s is None:
+            tick.set_fontweight("bold")
+    ax_ca.set_ylim(n - 0.5, -0.5)
+    ax_ca.tick_params(axis="y", length=0)
+    view.styles.legend(fig, keys=[], extra=extra, title="mean ± std over seeds")
+    return save_figure(fig, path, png=png)
+
+
+@styled
+def per_target(view: ReportView, path: Path) -> Optional[Path]:
+    """ASR per target class, one line per row (rows whose seeds attack different targets)."""
+    by_row: dict[tuple, dict[int, list[float]]] = {}
+    for r in view.rows:
+        if r.get("asr") is not None and r.get("target") is not None:
+            by_row.setdefault(row_key(r), {}).setdefault(int(r["target"]), []).append(r["asr"])
+    if len({t for d in by_row.values() for t in d}) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(TWO_COLUMN / 2, 2.0 + view.styles.legend_height(TWO_COLUMN / 2, list(by_row), ncol=1)))
+    for key, by_t in by_row.items():
         ts = sorted(by_t)
-        ax.plot(ts, [sum(by_t[t]) / len(by_t[t]) for t in ts], marker="o", label=name)
+        ax.plot(ts, [float(np.mean(by_t[t])) for t in ts], **view.styles[key].line(), gid=row_gid(key))
     ax.set_xlabel("target class")
-    ax.set_ylabel("ASR (%)")
-    ax.set_title("Attack success rate per target class")
-    ax.legend(fontsize=7)
+    percent_axis(ax, "y", "ASR (%)")
+    view.styles.legend(fig, keys=list(by_row), ncol=1)
     return save_figure(fig, path)
 
 
+@styled
 def example_grid(split: Any, path: Path, n: int = 8) -> Optional[Path]:
     """Clean test images, the same images with the trigger, and poisoned unlabeled images."""
     trigger = getattr(split, "trigger", None)
@@ -158,6 +183,7 @@ def example_grid(split: Any, path: Path, n: int = 8) -> Optional[Path]:
     return save_figure(fig, path)
 
 
+@styled
 def influence_histogram(rows: list[dict[str, Any]], path: Path, bins: int = 50) -> Optional[Path]:
     """Carlini Fig. 7 over every row whose defense kept influence scores (``defense_info
     ["scores_file"]``, :mod:`lightning_ssl_backdoor.defenses.influence_defense`): the average
@@ -191,7 +217,7 @@ def influence_histogram(rows: list[dict[str, Any]], path: Path, bins: int = 50) 
     c, p = np.maximum(c, floor), np.maximum(p, floor)
     lo, hi = float(min(c.min(initial=np.inf), p.min(initial=np.inf))), float(max(c.max(initial=0), p.max(initial=0)))
     edges = np.logspace(np.log10(lo), np.log10(hi if hi > lo else lo * 10), bins + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(TWO_COLUMN * 0.75, 2.8))
     for vals, name, color in ((c, "clean", "#4C72B0"), (p, "poisoned", "#C44E52")):
         if vals.size:
             ax.hist(vals, bins=edges, weights=np.full(vals.size, 100.0 / vals.size), color=color, alpha=0.65,
@@ -205,8 +231,16 @@ def influence_histogram(rows: list[dict[str, Any]], path: Path, bins: int = 50) 
     return save_figure(fig, path)
 
 
-def write_figures(rows: list[dict[str, Any]], output: Path) -> list[Path]:
-    out = [bars(rows, output / "ca_asr_bars.png"), curves(rows, output / "curves.png"),
-           per_target(rows, output / "asr_per_target.png"), influence_histogram(rows, output / "influence_hist.png")]
+def write_figures(rows: list[dict[str, Any]], output: Path, names: Optional[Names] = None,
+                  num_classes: Optional[int] = None) -> list[Path]:
+    """Every figure of the report (the PNGs, in the order the Markdown shows them; PDFs beside
+    them and the one-column PDFs ``*_1col.pdf``)."""
+    view = ReportView(rows, names or Names(), num_classes)
+    out = [bars(view, output / "ca_asr_bars.png"), curves(view, output / "curves.png"),
+           tradeoff(view, output / "tradeoff.png"), per_target(view, output / "asr_per_target.png"),
+           influence_histogram(rows, output / "influence_hist.png")]
+    bars(view, output / "ca_asr_bars_1col.png", width=ONE_COLUMN, png=False)
+    if out[2] is not None:
+        tradeoff(view, output / "tradeoff_1col.png", width=ONE_COLUMN, png=False)
     out += sorted(output.glob("examples_*.png"))
     return [p for p in out if p is not None]

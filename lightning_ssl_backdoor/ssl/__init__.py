@@ -30,6 +30,17 @@ ALGORITHMS = {
     "fixmatch_oracle": FixMatchOracle,
 }
 
+#: how reports (LaTeX tables, figure legends) name each algorithm; see :func:`display_name`
+DISPLAY_NAMES = {
+    "supervised": "Supervised", "fixmatch": "FixMatch", "pseudo_label": "Pseudo-Label", "pi_model": "Pi-model",
+    "mean_teacher": "Mean Teacher", "vat": "VAT", "mixmatch": "MixMatch", "uda": "UDA", "flexmatch": "FlexMatch",
+    "fixmatch_oracle": "FixMatch (oracle)",
+}
+
+
+def display_name(name: str) -> str:
+    """The name reports print for the algorithm registered as ``name`` (the name itself if unknown)."""
+    return DISPLAY_NAMES.get(name, name)
 
 
 def resolve_algorithm(name: str) -> type[SSLModule]:
@@ -43,6 +54,7 @@ def resolve_algorithm(name: str) -> type[SSLModule]:
 
 __all__ = [
     "ALGORITHMS",
+    "DISPLAY_NAMES",
     "FixMatch",
     "FixMatchOracle",
     "FlexMatch",
@@ -54,5 +66,6 @@ __all__ = [
     "Supervised",
     "UDA",
     "VAT",
+    "display_name",
     "resolve_algorithm",
 ]

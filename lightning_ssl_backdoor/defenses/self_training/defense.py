@@ -151,7 +151,7 @@ class SelfTrainingDefense(Defense):
         teacher, teacher_info = self.train_teacher(ctx)
         info: dict[str, Any] = {"teacher": teacher_info}
         first = self.first_pool(ctx, cfg, info)
-        result = SelfTraining(ctx.split, cfg).run(teacher=teacher.cpu(), first_pool=first)
+        result = SelfTraining(ctx.split, cfg, tensorboard=ctx.tensorboard).run(teacher=teacher.cpu(), first_pool=first)
         seconds = time.perf_counter() - t0
         test = ctx.evaluate(result.model)
         info.update({"algorithm": self.name, "rounds": result.rounds, "config": asdict(cfg),

@@ -39,7 +39,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from lightning_ssl_backdoor._lightning import pl
+from lightning_ssl_backdoor._lightning import TensorBoardLogger, pl
 import torch
 from torch import nn
 
@@ -123,8 +123,10 @@ def _uses(part: str, option: Optional[str]) -> bool:
 class SelfTraining:
     """Runs Alg. 1 on an :class:`SSLSplit` (or a PoisonedSplit, whose masks feed the statistics)."""
 
-    def __init__(self, split: SSLSplit, config: Optional[SelfTrainingConfig] = None) -> None:
+    def __init__(self, split: SSLSplit, config: Optional[SelfTrainingConfig] = None,
+                 tensorboard: Optional[tuple] = None) -> None:
         self.split, self.cfg = split, config or SelfTrainingConfig()
+        self.tensorboard = tensorboard  # (folder, run name): each model its run "<run name>/<model>"
         self.cfg.validate()
         self.transform = CropScaleVFlip(scale=self.cfg.crop_scale, flip_prob=self.cfg.vflip_prob)
         self.num_classes = split.num_classes
@@ -134,14 +136,22 @@ class SelfTraining:
         kwargs = {"ema_decay": None, **self.cfg.module}
         return Supervised(num_classes=self.num_classes, in_channels=int(self.split.test.images.shape[1]), **kwargs)
 
-    def fit(self, module: Supervised, train: ImageSet, steps: int) -> Supervised:
-        """``steps`` optimiser steps of ``module`` on ``train`` (labels = the targets it learns)."""
+    def logger(self, run: str):
+        """The TensorBoard logger of the model ``run`` (``teacher``, ``student-round<n>``, ``final``)."""
+        if self.tensorboard is None:
+            return False
+        folder, name = self.tensorboard
+        return TensorBoardLogger(str(folder), name=f"{name}/{run}", version="", default_hp_metric=False)
+
+    def fit(self, module: Supervised, train: ImageSet, steps: int, run: str = "model") -> Supervised:
+        """``steps`` optimiser steps of ``module`` on ``train`` (labels = the targets it learns),
+        logged as the TensorBoard run ``run`` when the driver has a TensorBoard folder."""
         n = len(train)
         data = SSLSplit(train, train, self.split.test, torch.arange(n), torch.arange(n), self.cfg.seed)
         dm = SSLDataModule(split=data, batch_size=min(self.cfg.batch_size, n), mu=0,
                            eval_batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed)
         trainer = pl.Trainer(
-            max_steps=steps, accelerator=self.cfg.accelerator, devices=1, logger=False,
+            max_steps=steps, accelerator=self.cfg.accelerator, devices=1, logger=self.logger(run),
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             limit_val_batches=0, num_sanity_val_steps=0,
         )
@@ -258,7 +268,7 @@ class SelfTraining:
             if module.ema_model is not None:
                 module.ema_model.load_state_dict(teacher.state_dict())
         else:
-            self.fit(module, self.split.labeled, cfg.pretrain_steps)
+            self.fit(module, self.split.labeled, cfg.pretrain_steps, run="teacher")
         rounds: list[dict[str, Any]] = []
         train: Optional[ImageSet] = None
         for n in range(1, cfg.rounds + 1):
@@ -270,13 +280,13 @@ class SelfTraining:
             train = ImageSet(pool["images"][sel], pool["pred"][sel], list(self.split.classes))
             if cfg.supervised_loss:
                 train = ImageSet.concat([train, ImageSet(self.split.labeled.images, self.split.labeled.labels, list(self.split.classes))])
-            self.fit(module, train, cfg.round_steps)  # warm start: the same weights keep training
+            self.fit(module, train, cfg.round_steps, run=f"student-round{n}")  # warm start: the same weights keep training
             stats["student"] = self.evaluate(self.weights(module))
             rounds.append(stats)
         pl.seed_everything(cfg.seed, verbose=False)
         final = self.new_module()
         assert train is not None
-        self.fit(final, train, cfg.final_steps)
+        self.fit(final, train, cfg.final_steps, run="final")
         model = self.weights(final).eval()
         return SelfTrainingResult(model=model, rounds=rounds, final={**self.evaluate(model), "config": asdict(cfg)})
 
