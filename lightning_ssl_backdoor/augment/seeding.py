@@ -47,15 +47,3 @@ def rank_generator(seed: int, rank: int, device: torch.device | str = "cpu", ste
     g = torch.Generator(device=device)
     g.manual_seed(rank_seed(seed, rank, step))
     return g
-
-
-def maybe_rank_generator(current: Optional[torch.Generator], seed: int, device: torch.device,
-                         step: int = 0) -> Optional[torch.Generator]:
-    """``current`` if it is on ``device``; a new :func:`rank_generator` under a process group of
-    more than one rank; else None (a single process draws from the global RNG)."""
-    rank, world = distributed_rank()
-    if world <= 1:
-        return None
-    if current is not None and torch.device(current.device).type == torch.device(device).type:
-        return current
-    return rank_generator(seed, rank, device, step)

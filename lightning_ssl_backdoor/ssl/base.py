@@ -230,11 +230,16 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         """Under a process group of several ranks, this rank's own generator, seeded from
         ``(torch.initial_seed(), rank, global_step)`` (:mod:`lightning_ssl_backdoor.augment.seeding`):
         ranks draw different augmentations, each reproducibly. A single process: None (global RNG)."""
-        from lightning_ssl_backdoor.augment.seeding import maybe_rank_generator
+        from lightning_ssl_backdoor.augment.seeding import distributed_rank, rank_generator
 
-        step = int(self.global_step) if self._trainer is not None else 0
-        self._augment_rng = maybe_rank_generator(self._augment_rng, torch.initial_seed(), device, step)
-        return self._augment_rng
+        rank, world = distributed_rank()
+        if world <= 1:
+            return None
+        g = self._augment_rng
+        if g is None or torch.device(g.device).type != torch.device(device).type:
+            step = int(self.global_step) if self._trainer is not None else 0
+            g = self._augment_rng = rank_generator(torch.initial_seed(), rank, device, step)
+        return g
 
     def make_view(self, name: str, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``weak*`` -> flip + crop; ``strong*`` -> weak then per-sample RandAugment + Cutout."""
