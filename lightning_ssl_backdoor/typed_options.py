@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
+from lightning_ssl_backdoor import safe_yaml
 from lightning_ssl_backdoor.errors import ConfigError
 
 __all__ = ["CLI", "BlockOverrides", "apply_overrides", "split_block_overrides", "type_name", "typed_options"]
@@ -64,7 +65,7 @@ def split_block_overrides(argv: Sequence[str], blocks: Iterable[str]) -> tuple[l
 
 def _yaml(raw: str, where: str) -> Any:
     try:
-        return yaml.safe_load(raw)
+        return safe_yaml.safe_load(raw)  # bounded: an alias bomb is refused
     except yaml.YAMLError as e:
         mark = getattr(e, "problem", None) or type(e).__name__
         raise ConfigError(f"{where}: cannot read {raw!r} from {CLI} as YAML ({mark}).") from None
@@ -158,8 +159,6 @@ def typed_options(params: Mapping[str, inspect.Parameter], values: Mapping[str, 
                   origins: Optional[Mapping[str, str]] = None, default_origin: str = "the config") -> dict[str, Any]:
     """``values`` checked and converted to the types of ``params`` (the constructor options of
     ``owner``); unknown keys, wrong types and non-finite floats raise one-sentence ConfigErrors."""
-    from jsonargparse import ArgumentParser
-
     origins = dict(origins or {})
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where} must be a mapping of {owner}'s options, got {values!r}.")
@@ -173,21 +172,38 @@ def typed_options(params: Mapping[str, inspect.Parameter], values: Mapping[str, 
     for k, v in values.items():
         p = params[k]
         origin = origins.get(k, default_origin)
-        parser = ArgumentParser(exit_on_error=False)
-        try:
-            parser.add_argument(f"--{k}", type=_parser_type(p.annotation))
-        except Exception:  # a type jsonargparse cannot check: keep the value as given
+        parser = _value_parser(_parser_type(p.annotation))
+        if parser is None:  # a type jsonargparse cannot check: keep the value as given
             out[k] = v
             continue
         try:
-            ns = parser.parse_object({k: _copy(v)})
+            ns = parser.parse_object({"value": _copy(v)})
         except Exception:
             raise ConfigError(f"{where}.{k} must be {type_name(p.annotation)} ({owner}), got {v!r} "
                               f"(from {origin}).") from None
-        got = ns[k]
+        got = ns["value"]
         out[k] = got.as_dict() if hasattr(got, "as_dict") else got
         _check_finite(out[k], f"{where}.{k}", origin)
     return out
+
+
+_PARSERS: dict[str, Any] = {}
+
+
+def _value_parser(t: Any) -> Any:
+    """A jsonargparse parser of one value of type ``t`` (built once per type), or None when
+    jsonargparse cannot check that type."""
+    from jsonargparse import ArgumentParser
+
+    key = repr(t)
+    if key not in _PARSERS:
+        parser = ArgumentParser(exit_on_error=False)
+        try:
+            parser.add_argument("--value", type=t)
+        except Exception:
+            parser = None
+        _PARSERS[key] = parser
+    return _PARSERS[key]
 
 
 def _copy(v: Any) -> Any:

@@ -33,7 +33,7 @@ from lightning_ssl_backdoor.signatures import keyword_parameters
 from lightning_ssl_backdoor.ssl import resolve_algorithm
 from lightning_ssl_backdoor.typed_options import CLI, apply_overrides, split_block_overrides, typed_options
 
-__all__ = ["built_arguments", "component_spec", "config_dict", "config_from_dict", "config_yaml", "experiment_parser", "model_parameters", "parse_experiment"]
+__all__ = ["built_arguments", "check_buildable", "component_spec", "config_dict", "config_from_dict", "config_yaml", "experiment_parser", "model_parameters", "parse_experiment"]
 
 #: blocks typed by a constructor signature, merged key by key from the command line
 BLOCKS = ("model", "surrogate")
@@ -82,8 +82,43 @@ def parse_experiment(argv: list[str]) -> tuple[ExperimentConfig, Namespace]:
     for block in BLOCKS:
         d[block], origins[block] = apply_overrides(block, d.get(block), overrides[block], base_origin, params[block])
     cfg = config_from_dict(d, origins=origins, default_origin=base_origin)
+    check_buildable(cfg)
     ns.print_config = print_config
     return cfg, ns
+
+
+def check_buildable(cfg: ExperimentConfig) -> None:
+    """Build every algorithm, attack and defense of ``cfg`` once, without data: each constructor
+    checks the ranges of its own options (a threshold in [0, 1], a positive budget, ...), so a bad
+    value stops the run here, before any work, with that constructor's one sentence. The
+    algorithms are built on a 2-class, 1-channel stand-in, without warm-start weights or an own
+    model (those are checked when the row builds them)."""
+    from lightning_ssl_backdoor.attacks import build_attack
+    from lightning_ssl_backdoor.defenses.base import build_defense
+
+    def attempt(where: str, build: Any) -> None:
+        try:
+            build()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {' '.join(str(e).split())}.") from None
+
+    from lightning_ssl_backdoor.data import SSLDataModule
+
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels must be 1 or 3 (or null for the dataset's own), got {cfg.data.channels!r}.")
+    attempt("data", lambda: SSLDataModule(**vars(cfg.data), seed=0))  # sizes, batches, subset (no data read)
+    for spec in cfg.algorithms:
+        args = {k: v for k, v in {**cfg.model, **spec.init_args}.items() if k not in ("init_weights", "model")}
+        cls = resolve_algorithm(spec.name)
+        attempt(f"algorithms[{spec.display}] with model", lambda: cls(num_classes=2, in_channels=1, **args))
+    for spec in cfg.attacks:
+        if spec is not None:
+            attempt(f"attacks[{spec.display}]", lambda: build_attack(spec.name, **{**spec.init_args, "progress": False}))
+    for spec in cfg.defenses:
+        if spec is not None:
+            attempt(f"defenses[{spec.display}]", lambda: build_defense(spec))
 
 
 def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
