@@ -126,6 +126,23 @@ def test_merged_shards_equal_the_whole_grids_report(whole, tmp_path, capsys):
         assert merged[key] == ref[key], key
 
 
+def test_merge_keeps_the_base_rates_a_stale_copy_of_a_row_lacks(whole, tmp_path, capsys):
+    """A shard that kept an older copy of the no-attack row (no base rates) listed first: the
+    merged report still has the Base rates table the row's own shard measured."""
+    res = json.loads((whole / "results.json").read_text())
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    rows = [dict(r) for r in res["rows"]]
+    for r in rows:
+        r.pop("base_rates", None)
+    (stale / "results.json").write_text(json.dumps({**res, "rows": rows}))
+    assert main(["report", "merge", str(stale), str(whole), "--output", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())["rows"]
+    assert [r.get("base_rates") for r in merged] == [r.get("base_rates") for r in res["rows"]]
+    assert "## Base rates" in (tmp_path / "m" / "results.md").read_text()
+
+
 def test_render_redraws_every_table_and_figure_from_results_json(whole, tmp_path, capsys):
     import shutil
 

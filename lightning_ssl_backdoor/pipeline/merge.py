@@ -57,6 +57,15 @@ def _load(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _fill(kept: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``kept`` with the fields it lacks (absent, None or empty) taken from ``other``."""
+    out = dict(kept)
+    for k, v in other.items():
+        if out.get(k) in (None, {}, []) and v not in (None, {}, []):
+            out[k] = v
+    return out
+
+
 def _row_key(row: dict[str, Any]) -> tuple:
     return row["algorithm"], row["attack"], row["defense"], row["seed"]
 
@@ -93,7 +102,9 @@ def merge_shards(folders: list[Path]) -> tuple[list[dict[str, Any]], dict[str, A
             key = _row_key(row)
             if key not in position:
                 raise ConfigError(f"{folder}: row {key} is not in the grid of its config; the shard is corrupt.")
-            by_key.setdefault(key, row)  # a row run by two shards: same cache key, same numbers
+            # a row in two shards (same cache key, same numbers): what one lacks, the other fills in
+            # (a shard that kept an older copy of the no-attack row, without its base rates, say)
+            by_key[key] = _fill(by_key[key], row) if key in by_key else row
     rows = [by_key[k] for k in sorted(by_key, key=position.__getitem__)]
     missing = [k for k in order if k not in by_key]
     elapsed = sum(float(s.get("elapsed_seconds") or 0.0) for s in shards)
