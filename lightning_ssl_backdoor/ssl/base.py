@@ -47,6 +47,7 @@ from lightning_ssl_backdoor._lightning import pl
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.models.interface import resolve_model
 from lightning_ssl_backdoor.models.weights import load_initial_weights
+from lightning_ssl_backdoor.signatures import publish_signature
 from lightning_ssl_backdoor.ssl.batch import BATCH_LAYOUT, check_batch_layout
 from lightning_ssl_backdoor.ssl.evaluation import BackdoorEvaluation
 from lightning_ssl_backdoor.ssl.hijack import HijackDiagnostics
@@ -97,6 +98,12 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
     unlabeled_views: Sequence[str] = ()
     #: whether the algorithm uses the unlabeled batch at all
     uses_unlabeled: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass declares its own options and forwards the rest (``**kwargs``) to this base:
+        # its ``cls.__signature__`` lists them all (inspect, IDEs, --help, the config parsers)
+        super().__init_subclass__(**kwargs)
+        publish_signature(cls)
 
     def __init__(
         self,
@@ -350,6 +357,9 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         """A NaN or infinite training loss stops the fit with one sentence (ssl/divergence.py)."""
         from lightning_ssl_backdoor.ssl.divergence import DivergenceGuard
 
+        trainer = self._trainer  # a later fit / test on the same Trainer: the guard is attached already
+        if trainer is not None and any(isinstance(c, DivergenceGuard) for c in trainer.callbacks):
+            return []
         return [DivergenceGuard()]
 
     def configure_optimizers(self):
