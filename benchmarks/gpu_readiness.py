@@ -275,7 +275,8 @@ def markdown(result: dict[str, Any]) -> str:
     before, after = result["before"], result["after"]
     lines = ["# GPU readiness of the training step, measured on the CPU (issue 32)", "",
              "Per training step (augmentation at B = 64, mu = 7; model part at B = 4, mu = 7: counts do not depend "
-             "on the batch). `before`: commit " + result["before_commit"] + ", `after`: this tree. Strong augmentation "
+             "on the batch). `before`: commit " + result["before_commit"] + ", `after`: commit "
+             + result.get("after_commit", "?") + ". Strong augmentation "
              "in the form a GPU runs (after: `mode=\"masked\"`; before: the only, grouped form). Syncs: nonzero / item / "
              "tolist / bool / data-dependent / host tensor. Counted by `benchmarks/gpu_readiness.py` "
              "(TorchDispatchMode + Tensor method wrappers, CPU, torch " + torch.__version__ + ").", "",
@@ -316,8 +317,9 @@ def markdown(result: dict[str, Any]) -> str:
     if ind:
         lines += ["", f"Compiled (`model.compile_augment: true`, inductor, CPU C++ codegen): weak + strong on 448 images "
                   f"become **{ind['generated_kernels']} generated kernels** ({ind['vectorised']} vectorised) plus "
-                  f"inductor's extern calls (grid_sample, scatter_add, cumsum, gather), max pixel difference from the "
-                  f"eager masked form {ind['max_abs_diff_vs_eager']:.1e}."]
+                  f"inductor's extern calls (grid_sample, scatter_add, cumsum, gather); largest pixel difference from the "
+                  f"eager masked form {ind['max_abs_diff_vs_eager']:.1e} (fused float arithmetic moves values that sit "
+                  f"within rounding of an 8-bit tie in Equalize / Posterize / Solarize)."]
     remaining = [(r["algorithm"], r["arch"], {k: v for k, v in r["syncs"].items() if v}) for r in after["rows"]
                  if r["syncs_total"]]
     if remaining:
@@ -395,6 +397,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     commit = subprocess.run(["git", "-C", trees["before"], "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     result["before_commit"] = commit or "?"
+    result["after_commit"] = subprocess.run(["git", "-C", trees["after"], "rev-parse", "--short", "HEAD"],
+                                            capture_output=True, text=True).stdout.strip() or "?"
     out = Path(args.output)
     from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text
 
