@@ -6,8 +6,9 @@ The grouped application in :class:`~lightning_ssl_backdoor.augment.StrongAugment
 finds the images of each operation with ``nonzero`` and works on those only: least arithmetic, but a
 host synchronisation per (slot, operation), shapes that depend on the draws (so no single compiled
 graph, no CUDA graph) and several hundred small kernels. Here the work per slot is a fixed set of
-about sixty batched kernels whatever the draws, at the price of computing every family of
-operations on every image (free on a GPU at these sizes, several times the arithmetic on a CPU).
+about seventy batched ops whatever the draws (inductor fuses weak + strong into about 30 kernels),
+at the price of computing every family of operations on every image (little on a GPU at these
+sizes; on a CPU about twice the grouped form's time, benchmarks/results/gpu_readiness.md).
 
 The operations are grouped in families that share one pass, each equal (to float rounding) to the
 Kornia-based functional op of :mod:`lightning_ssl_backdoor.augment.ops` it replaces:
