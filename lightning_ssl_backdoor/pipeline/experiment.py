@@ -32,12 +32,14 @@ from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.io_lock import locked_output, waiting_lock
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
 from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
-from lightning_ssl_backdoor.pipeline.build import config_from_dict, parse_experiment
+from lightning_ssl_backdoor.pipeline.build import built_arguments, config_from_dict, config_yaml, parse_experiment
 from lightning_ssl_backdoor.pipeline.checks import check_experiment, check_name
 from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.spec import key_fields
 from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
 from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
 from lightning_ssl_backdoor.pipeline.finite import finite_numbers
+from lightning_ssl_backdoor.pipeline.probe_stage import probe_callback, probe_set
 from lightning_ssl_backdoor.pipeline.results_merge import grid_keys, merge_rows
 from lightning_ssl_backdoor.pipeline.training import train_row
 from lightning_ssl_backdoor.pipeline.validate import validate_ranges
@@ -172,7 +174,7 @@ class Runner:
         keyed_args = keyed_model_args(model_args)
         def train_key(d: Optional[Spec]) -> str:
             return config_hash(akey, "train", asdict(algorithm), keyed_args, asdict(self.cfg.data),
-                               asdict(self.cfg.trainer), seed, None if d is None else asdict(d))
+                               key_fields(self.cfg.trainer), seed, None if d is None else asdict(d))
 
         tkey = train_key(defense)
         if defense is not None:
@@ -192,6 +194,8 @@ class Runner:
         callbacks = []
         if self.cfg.dynamics_every:
             callbacks.append(TrainingDynamicsRecorder(self.cfg.dynamics_every, workdir / "dynamics.npz"))
+        if self.cfg.probe:  # opt-in (issue 36): trigger / perturbation / both at every evaluation
+            callbacks.append(probe_callback(self, seed))
         clean_row = attack is None and any(a is not None for a in self.cfg.attacks)
         with self.training_lock(workdir):  # a model repair of this row may be training it in another worker
             res = train_row(
@@ -261,6 +265,8 @@ class Runner:
             "backdoor_stats": {k.split("/", 1)[1]: round(100 * v, 2) for k, v in (res["history"][-1] if res["history"] else {}).items()
                                if k.startswith("backdoor/")},
             "defense_info": defense_info,
+            # every option each component was built with, typed, defaults filled in
+            "arguments": built_arguments(algorithm, attack, defense, seed, self.model_args(seed), split),
             "data_hashes": data_hashes(split),
             "cache_key": tkey,
         }
@@ -306,6 +312,8 @@ class Runner:
             algorithm, attack, defense, seed = rows[i]
             self.attacked_split(seed, attack)
             self.model_args(seed)
+            if self.cfg.probe and defense is None:
+                probe_set(self, seed)
         results: dict[int, dict[str, Any]] = {}
         bar = tqdm(total=len(chosen), desc=f"experiment rows ({self.cfg.jobs} at a time)",
                    disable=not self.progress, file=sys.stderr)
@@ -334,10 +342,19 @@ class Runner:
         return [results[i] for i in chosen]
 
 
+TABLE_LEGEND = (
+    "CA: clean accuracy (%) on every test image. ASR: triggered non-target test images classified as the "
+    "target (%); ASR cond.: the same among those the model classifies correctly without the trigger. "
+    "none: no attack / no defense; –: no trigger to test. Mean ± std over the row's n seeds."
+)
+
+
 def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
+    # the names the result table uses: an absent attack or defense is "none" there and here
     tqdm.write(
-        f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack']} | defense={row['defense']} | "
-        f"seed={row['seed']}: CA {_pct(row['clean_accuracy'])}  ASR {_pct(row['asr'])}  ({seconds:.0f} s)",
+        f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack'] or 'none'} | defense={row['defense'] or 'none'} | "
+        f"seed={row['seed']}: CA {_pct(row['clean_accuracy'])}  ASR {_pct(row['asr'])}  "
+        f"ASR cond. {_pct(row.get('asr_conditioned'))}  ({seconds:.0f} s)",
         file=sys.stderr,
     )
 
@@ -390,6 +407,9 @@ def _pick(specs: list, key: Any, kind: str, allow_none: bool = True) -> Optional
 def experiment_main(argv: list[str]) -> int:
     """Entry point of ``ssl-backdoor experiment``: parse, run the rows, write the report."""
     cfg, ns = parse_experiment(argv)
+    if getattr(ns, "print_config", False):  # the typed config as the rows will be built, then stop
+        print(config_yaml(cfg), end="")
+        return 0
     validate_ranges(cfg)  # before anything is created (no output, cache/ or tensorboard/ folder) or set
     check_name(cfg.name)  # runs/<name> stays inside runs/
     if cfg.threads:
@@ -409,6 +429,7 @@ def experiment_main(argv: list[str]) -> int:
         rows = [finite_numbers(r) for r in merge_rows(output, cfg, grid_keys(runner.rows()), rows)]
         paths = write_report(rows, cfg, output, elapsed=time.perf_counter() - t0, version=__version__)
     print(paths["table"])
+    print(TABLE_LEGEND)
     print(f"\nreport: {paths['md']}  (results.json, results.csv and figures beside it)")
     return 0
 

@@ -137,6 +137,7 @@ def train_row(
         num_nodes=launcher_num_nodes(),
         strategy=trainer_cfg.strategy,
         precision=trainer_cfg.precision,
+        sync_batchnorm=trainer_cfg.sync_batchnorm,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         logger=TensorBoardLogger(str(tb_dir), name=tb_name, version="" if tensorboard else 0, default_hp_metric=False),
         callbacks=[checkpoint, history, OptimizerLR()] + list(extra_callbacks or [])
