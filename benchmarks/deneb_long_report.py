@@ -28,9 +28,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from lightning_ssl_backdoor.attacks.surrogate import load_surrogate  # noqa: E402
+from lightning_ssl_backdoor.data import triggered_copy  # noqa: E402
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from lightning_ssl_backdoor.metrics import attack_success_rate  # noqa: E402
 from lightning_ssl_backdoor.pipeline.config import config_hash  # noqa: E402
 from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict, keyed_model_args  # noqa: E402
 
@@ -46,8 +50,21 @@ def row_label(algorithm: str, attack: Any) -> str:
     return f"{algorithm} | {attack or 'none'}"
 
 
-def train_dirs(output: Path) -> list[tuple[str, Path]]:
-    """(label, training folder) of every row, with the runner's own cache keys."""
+def theta0_metrics(runner: Runner) -> dict[str, float]:
+    """theta_0's (every row's step 0) test CA and conditioned ASR with the config's trigger."""
+    spec = next(a for a in runner.cfg.attacks if a is not None and a.display == runner.cfg.probe["attack"])
+    split, _ = runner.attacked_split(0, spec)
+    model = load_surrogate(runner.surrogate_path(0)).eval()
+    with torch.no_grad():
+        clean = model(split.test.images.float() / 255.0).argmax(1)
+        trig = model(triggered_copy(split.test.images, split.trigger).float() / 255.0).argmax(1)
+    y = split.test.targets
+    return {"acc_ema": float((clean == y).float().mean()),
+            "asr_cond_ema": attack_success_rate(trig, y, int(split.target), clean)}
+
+
+def train_dirs(output: Path) -> tuple[list[tuple[str, Path]], dict[str, float]]:
+    """(label, training folder) of every row, with the runner's own cache keys; theta_0's metrics."""
     runner = Runner(config_from_dict(yaml.safe_load(CONFIG.read_text())), output, progress=False)
     out = []
     for algorithm, attack, defense, seed in runner.rows():
@@ -56,21 +73,21 @@ def train_dirs(output: Path) -> list[tuple[str, Path]]:
         tkey = config_hash(akey, "train", asdict(algorithm), keyed, asdict(runner.cfg.data),
                            asdict(runner.cfg.trainer), seed, None)
         out.append((row_label(algorithm.display, attack.display if attack else None), runner.cache / f"train-{tkey}"))
-    return out
+    return out, theta0_metrics(runner)
 
 
 def pct(v: Any) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
-def probe_table(hist: list[dict[str, Any]]) -> list[str]:
+def probe_table(hist: list[dict[str, Any]], theta0: dict[str, float]) -> list[str]:
     lines = ["| step | CA (%) | " + " | ".join(f"{n} (%)" for _, n in PROBE_COLS)
              + " | poison strong-view CE to target | hijack (%) |",
              "| ---: | ---: | " + " | ".join("---:" for _ in PROBE_COLS) + " | ---: | ---: |"]
     if hist and "probe_asr_cond_trigger_step0" in hist[-1]:
         h = hist[-1]
         loss = h.get("probe_strong_target_loss_step0")
-        lines.append("| 0 (theta_0) | – | – | " + " | ".join(pct(h.get(k.replace("_ema", "_step0")))
+        lines.append(f"| 0 (theta_0) | {pct(theta0['acc_ema'])} | {pct(theta0['asr_cond_ema'])} | " + " | ".join(pct(h.get(k.replace("_ema", "_step0")))
                                                         for k, _ in PROBE_COLS[1:])
                      + f" | {'–' if loss is None else f'{loss:.3f}'} | {pct(h.get('backdoor/hijack_step0'))} |")
     for h in hist:
@@ -80,7 +97,7 @@ def probe_table(hist: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def figure(curves: dict[str, list[dict[str, Any]]], theta0: dict[str, float], path: Path) -> None:
     panels = [("acc_ema", "clean accuracy (%)"), ("asr_cond_ema", "test ASR cond., trigger (%)"), ("probe_asr_cond_perturbation_ema", "probe: perturbation alone (%)"),
               ("probe_asr_cond_both_ema", "probe: trigger + perturbation (%)"), ("probe_strong_target_loss_ema", "poison strong-view CE to target")]
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
@@ -88,7 +105,7 @@ def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     for ax, (key, title) in zip(axes, panels):
         for label, hist in curves.items():
             pts = [(h["step"], h[key]) for h in hist if key in h]
-            step0 = hist[-1].get(key.replace("_ema", "_step0")) if hist and key.startswith("probe_") else None
+            step0 = (hist[-1].get(key.replace("_ema", "_step0")) if key.startswith("probe_") else theta0.get(key)) if hist else None
             if step0 is not None:
                 pts = [(0, step0)] + pts
             if not pts:
@@ -98,6 +115,7 @@ def figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
             ax.plot(xs, [scale * y for y in ys], marker="o", ms=3, label=label, color=colors[label])
         if "loss" not in key:
             ax.set_ylim(bottom=0)
+        ax.set_xlim(-500, 30_500)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("victim step", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -118,7 +136,8 @@ def main(argv: list[str]) -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"rows": []}
     done = {row_label(r["algorithm"], r["attack"]): r for r in results["rows"]}
     curves, partial = {}, []
-    for label, folder in train_dirs(output):
+    dirs, theta0 = train_dirs(output)
+    for label, folder in dirs:
         if label in done:
             curves[label] = done[label]["history"]
         elif (folder / "history.json").is_file():
@@ -126,6 +145,7 @@ def main(argv: list[str]) -> int:
             curves[label] = hist
             partial.append({"row": label, "reached_step": hist[-1]["step"] if hist else 0, "history": hist})
     results["partial_rows"] = partial
+    results["theta0"] = theta0
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT / "cifar10_deneb_long.json", results)
     md_path = OUT / "cifar10_deneb_long.md"
@@ -152,9 +172,9 @@ def main(argv: list[str]) -> int:
               "is pseudo-labelled as the target above the threshold. Step 0 is theta_0.", ""]
     for label, hist in curves.items():
         lines += [f"### {label}" + (" (partial)" if any(p["row"] == label for p in partial) else ""), "",
-                  *probe_table(hist), ""]
+                  *probe_table(hist, theta0), ""]
     if curves:
-        figure(curves, OUT / "cifar10_deneb_long_probe.png")
+        figure(curves, theta0, OUT / "cifar10_deneb_long_probe.png")
         lines += ["![probe curves](cifar10_deneb_long_probe.png)", ""]
     lines += [NOTES + (notes.rstrip() if notes else "\n\n(to be written when the rows finish)"), ""]
     atomic_write_text(md_path, "\n".join(lines))
