@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lightning_ssl_backdoor.report.style import (
-    BASE_RATE_LINE, CHANCE_LINE, TWO_COLUMN, percent_axis, reference_handles, row_gid, save_figure, styled,
+    BASE_RATE_LINE, CHANCE_LINE, ONE_COLUMN, TWO_COLUMN, percent_axis, reference_handles, row_gid, save_figure, styled,
 )
 from lightning_ssl_backdoor.report.view import Band, ReportView
 
@@ -59,8 +59,15 @@ def _hijack_band(view: ReportView, key) -> Optional[Band]:
     return Band(steps, [float(np.mean(v)) for v in vals], [float(np.std(v, ddof=1)) if len(v) > 1 else None for v in vals])
 
 
+def curve_facets(view: ReportView) -> list:
+    """The attacks the curves figure has a row of panels for (``[None]`` without attacks)."""
+    return list(dict.fromkeys(k[1] for k in view.styles.keys if k[1] is not None)) or [None]
+
+
 @styled
-def curves(view: ReportView, path: Path, width: float = TWO_COLUMN) -> Optional[Path]:
+def curves(view: ReportView, path: Path, width: float = TWO_COLUMN, png: bool = True) -> Optional[Path]:
+    """At one column (``width`` <= 3.3 in) the grid is transposed: one row per metric, one column per
+    attack (meant for reports of at most two attacks)."""
     keys = [k for k in view.styles.keys if view.band(k, "clean_accuracy") is not None]
     if not keys:
         return None
@@ -73,8 +80,11 @@ def curves(view: ReportView, path: Path, width: float = TWO_COLUMN) -> Optional[
     has_base = bool(attacked) and any(view.base_rate(k[0], k[1]) for k in keys)
     extra = reference_handles(base_rate=has_base, chance=view.chance)
     top = view.styles.legend_height(width, keys, extra)
-    fig, axes = plt.subplots(len(facets), len(metrics), figsize=(width, top + 0.45 + 1.45 * len(facets)),
-                             squeeze=False, sharex=True, sharey=True)
+    narrow = width <= ONE_COLUMN
+    shape = (len(metrics), len(facets)) if narrow else (len(facets), len(metrics))
+    fig, grid = plt.subplots(*shape, figsize=(width, top + 0.45 + 1.45 * shape[0]), squeeze=False, sharex=True,
+                             sharey=True)
+    axes = grid.T if narrow else grid  # axes[facet][metric] either way
     clean_keys = [k for k in keys if k[1] is None]
     for i, attack in enumerate(facets):
         shown = [k for k in keys if k[1] == attack]
@@ -96,10 +106,20 @@ def curves(view: ReportView, path: Path, width: float = TWO_COLUMN) -> Optional[
                 ax.axhline(view.chance, **CHANCE_LINE)
             percent_axis(ax, "y")
             ax.grid(alpha=0.3, axis="both")
+            if narrow:
+                if j == 0 and attack is not None:
+                    ax.set_title(view.names("attack", attack))
+                if i == 0:
+                    ax.set_ylabel(METRIC_TITLES[metric].replace(", ", "\n").replace(" (", "\n("))
+                if j == len(metrics) - 1:
+                    ax.set_xlabel("training step")
+                continue
             if i == 0:
                 ax.set_title(METRIC_TITLES[metric])
             if i == len(facets) - 1:
                 ax.set_xlabel("training step")
+        if narrow:
+            continue
         if attack is not None:
             axes[i][0].set_ylabel(f"{view.names('attack', attack)}\n(%)")
         else:
@@ -107,4 +127,4 @@ def curves(view: ReportView, path: Path, width: float = TWO_COLUMN) -> Optional[
     for ax in axes.flat:
         ax.set_xlim(left=0)
     view.styles.legend(fig, keys=keys, extra=extra, title="mean ± std over seeds (band)")
-    return save_figure(fig, path)
+    return save_figure(fig, path, png=png)

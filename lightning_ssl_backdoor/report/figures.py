@@ -5,7 +5,7 @@ one style and one name in all of them (:mod:`lightning_ssl_backdoor.report.style
   seeds, with each attack's base rate and the chance level (also ``ca_asr_bars_1col.pdf``, one
   column wide);
 - ``curves`` (:mod:`~lightning_ssl_backdoor.report.curves`): CA and both ASRs over training steps,
-  one row of panels per attack;
+  one row of panels per attack (also ``curves_1col.pdf`` for reports of at most two attacks);
 - ``tradeoff`` (:mod:`~lightning_ssl_backdoor.report.tradeoff`): every defense's CA lost against the
   conditioned ASR it leaves (also ``tradeoff_1col.pdf``);
 - ``asr_per_target``, the attack ``examples_*`` grids and, for rows of Carlini's training-dynamics
@@ -32,7 +32,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from lightning_ssl_backdoor.data.artifacts import load_arrays  # noqa: E402
 from lightning_ssl_backdoor.errors import ArtifactError  # noqa: E402
 from lightning_ssl_backdoor.metrics import auroc as metric_auroc  # noqa: E402
-from lightning_ssl_backdoor.report.curves import curves  # noqa: E402
+from lightning_ssl_backdoor.report.curves import curve_facets, curves  # noqa: E402
 from lightning_ssl_backdoor.report.style import (  # noqa: E402
     BASE_RATE_LINE, CHANCE_LINE, DPI, MIN_FONT, ONE_COLUMN, TWO_COLUMN, Names, percent_axis, reference_handles,
     row_gid, row_key, save_figure, styled,
@@ -240,6 +240,8 @@ def write_figures(rows: list[dict[str, Any]], output: Path, names: Optional[Name
            tradeoff(view, output / "tradeoff.png"), per_target(view, output / "asr_per_target.png"),
            influence_histogram(rows, output / "influence_hist.png")]
     bars(view, output / "ca_asr_bars_1col.png", width=ONE_COLUMN, png=False)
+    if out[1] is not None and len(curve_facets(view)) <= 2:  # more attacks than that: two columns wide
+        curves(view, output / "curves_1col.png", width=ONE_COLUMN, png=False)
     if out[2] is not None:
         tradeoff(view, output / "tradeoff_1col.png", width=ONE_COLUMN, png=False)
     out += sorted(output.glob("examples_*.png"))

@@ -248,7 +248,9 @@ def save_figure(fig, path: Path, png: bool = True) -> Path:
         with plt.rc_context(RC):
             targets = ((path, "png"),) if png else ()
             for target, fmt in targets + ((path.with_suffix(".pdf"), "pdf"),):
-                atomic_write(target, lambda fh, fmt=fmt: fig.savefig(fh, format=fmt, dpi=DPI))
+                # no creation date in the PDF: the same report draws the same bytes
+                meta = {"CreationDate": None} if fmt == "pdf" else None
+                atomic_write(target, lambda fh, fmt=fmt, meta=meta: fig.savefig(fh, format=fmt, dpi=DPI, metadata=meta))
     finally:
         plt.close(fig)
     return path
