@@ -242,6 +242,37 @@ def inductor_kernels(b: int = 448, size: int = 32) -> dict[str, Any]:
             "max_abs_diff_vs_eager": float((out - eager).abs().max())}
 
 
+def fit_hash(steps: int = 6) -> str:
+    """sha256 (16 hex) of the state dict after a seeded ``steps``-step FixMatch fit on the CPU (tiny
+    CNN, 16 px, 4 classes): equal before and after means CPU training is bit-for-bit unchanged."""
+    import hashlib
+    import tempfile
+
+    from lightning_ssl_backdoor._lightning import pl
+    from lightning_ssl_backdoor.data import SSLDataModule, make_split
+    from lightning_ssl_backdoor.data.imageset import ImageSet
+    from lightning_ssl_backdoor.ssl import FixMatch
+    from lightning_ssl_backdoor.utils import quiet_lightning
+
+    quiet_lightning()
+    g = torch.Generator().manual_seed(0)
+    train = ImageSet(torch.randint(0, 256, (400, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(400) % 4,
+                     classes=list("abcd"))
+    dm = SSLDataModule(split=make_split(train, train, labels_per_class=10, seed=0), batch_size=8, mu=3,
+                       eval_batch_size=100, seed=0)
+    pl.seed_everything(0)
+    m = FixMatch(arch="tiny_cnn", num_classes=4, in_channels=3, weak_pad=2, model_kwargs={"width": 8}, threshold=0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        pl.Trainer(max_steps=steps, limit_val_batches=0, accelerator="cpu", devices=1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, default_root_dir=tmp).fit(m, datamodule=dm)
+    h = hashlib.sha256()
+    for k, v in sorted(m.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -251,6 +282,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"code": str(Path(lightning_ssl_backdoor.__file__).parent.parent), "rows": rows}
     res["augment_ms_32px"] = augment_cpu_ms(32, args.repeats, "masked")
     res["augment_ms_8px"] = augment_cpu_ms(8, args.repeats, "masked")
+    res["fit_hash"] = fit_hash()
     if not args.skip_explain:
         res["graph_breaks"] = graph_breaks()
     if args.inductor and hasattr(__import__("lightning_ssl_backdoor.augment.weak", fromlist=["x"]).WeakAugment,
@@ -325,6 +357,13 @@ def markdown(result: dict[str, Any]) -> str:
     if remaining:
         lines += ["", "Syncs left (after), by row: " + "; ".join(f"{a} / {arch}: {k}" for a, arch, k in remaining)
                   + ". Their sources are named in the notes below.", ""]
+    if before.get("fit_hash") and after.get("fit_hash"):
+        same = before["fit_hash"] == after["fit_hash"]
+        lines += [f"CPU training {'is bit-for-bit unchanged' if same else 'changed'}: a seeded 6-step FixMatch fit "
+                  f"(tiny CNN, CPU, Trainer) ends with state-dict hash {before['fit_hash']} before and "
+                  f"{after['fit_hash']} after" + (" (the CPU keeps the grouped strong form and the global RNG; "
+                  "the gather crop and the foreach EMA copy are exact), so the CPU experiments' numbers "
+                  "(e.g. cifar10_pal) are unchanged by this work." if same else "."), ""]
     lines += NOTES
     for name, res in (("before", before), ("after", after)):
         gb = res.get("graph_breaks")
@@ -367,17 +406,26 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--skip-explain", action="store_true")
     ap.add_argument("--inductor", action="store_true", help="also count inductor's kernels (a C++ build, minutes)")
     ap.add_argument("--from-json", default=None, help="write the .md from a saved .json")
-    ap.add_argument("--child", choices=["measure", "timing"], default=None)
+    ap.add_argument("--child", choices=["measure", "timing", "fithash"], default=None)
+    ap.add_argument("--fit-hash", nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                    help="with --from-json: add the CPU fit hashes of two trees to the saved result")
     ap.add_argument("--output", default=str(RESULTS / "gpu_readiness"))
     args = ap.parse_args(argv)
     if args.from_json:
         from lightning_ssl_backdoor.data.artifacts import atomic_write_text
 
         result = json.loads(Path(args.from_json).read_text())
+        if args.fit_hash:
+            from lightning_ssl_backdoor.data.artifacts import atomic_write_json
+
+            for name, tree in zip(("before", "after"), args.fit_hash):
+                result[name]["fit_hash"] = _run_tree(tree, "--child", "fithash")["fit_hash"]
+            atomic_write_json(Path(args.from_json), result)
         atomic_write_text(Path(args.output).with_suffix(".md"), markdown(result))
         return result
     if args.child:
-        print(json.dumps(measure(args) if args.child == "measure" else timing(args)))
+        out = {"measure": measure, "timing": timing, "fithash": lambda a: {"fit_hash": fit_hash()}}[args.child](args)
+        print(json.dumps(out))
         return {}
     here = str(Path(__file__).resolve().parent.parent)
     trees = {"after": args.after or here, "before": args.before or here}
