@@ -32,7 +32,6 @@ Writes ``benchmarks/results/gpu_readiness.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -44,87 +43,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ("fixmatch", "flexmatch", "uda", "mixmatch", "pseudo_label", "pi_model", "mean_teacher", "vat",
               "supervised")
 ARCHS = {"wrn28_2": {"arch": "wrn28_2"}, "tiny_cnn": {"arch": "tiny_cnn", "model_kwargs": {"width": 16}}}
-SYNC_KINDS = ("nonzero", "item", "tolist", "bool", "data-dependent", "host tensor")
-_NOT_KERNELS = {"empty", "empty_strided", "detach", "lift_fresh", "scalar_tensor", "_local_scalar_dense", "alias",
-                "_unsafe_view", "sym_size", "sym_stride", "sym_numel", "is_same_size"}
-_DATA_DEPENDENT = {"masked_select", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount",
-                   "nonzero_static"}
-
-
-class Counter(TorchDispatchMode):
-    """Counts host syncs by kind and kernel-like aten ops while active (see the module doc)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.syncs = dict.fromkeys(SYNC_KINDS, 0)
-        self.ops: dict[str, int] = {}
-        self._scalar_reads = 0
-        self._patched: list[tuple[str, Any]] = []
-
-    @property
-    def kernels(self) -> int:
-        return sum(self.ops.values())
-
-    def totals(self) -> dict[str, int]:
-        """Syncs by kind so far (also while active)."""
-        out = dict(self.syncs)
-        out["item"] += self._scalar_reads
-        return out
-
-    @property
-    def count(self) -> int:
-        return sum(self.totals().values())
-
-    def _python_hook(self, name: str, kind: str) -> None:
-        orig = getattr(torch.Tensor, name)
-        counter = self
-
-        def wrapped(t, *a, **k):  # noqa: ANN001
-            counter.syncs[kind] += 1
-            if kind == "bool":
-                counter._scalar_reads -= 1  # its _local_scalar_dense is counted here, not as an item
-            return orig(t, *a, **k)
-
-        self._patched.append((name, orig))
-        setattr(torch.Tensor, name, wrapped)
-
-    def __enter__(self) -> "Counter":
-        for name, kind in (("tolist", "tolist"), ("__bool__", "bool")):
-            self._python_hook(name, kind)
-        return super().__enter__()
-
-    def __exit__(self, *exc) -> None:
-        super().__exit__(*exc)
-        for name, orig in reversed(self._patched):
-            setattr(torch.Tensor, name, orig)
-        self._patched.clear()
-        self.syncs["item"] += self._scalar_reads
-        self._scalar_reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name == "_local_scalar_dense":
-            self._scalar_reads += 1
-        elif name == "nonzero":
-            self.syncs["nonzero"] += 1
-        elif name in _DATA_DEPENDENT:
-            self.syncs["data-dependent"] += 1
-        elif name == "lift_fresh":
-            self.syncs["host tensor"] += 1
-        elif name in ("index", "index_put_", "index_put") and any(
-                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
-                for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ())):
-            self.syncs["nonzero"] += 1  # a boolean mask index runs nonzero inside the op
-        if not (func.is_view or name in _NOT_KERNELS or name.startswith("sym_")):
-            self.ops[name] = self.ops.get(name, 0) + 1
-        return func(*args, **kwargs)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sync_counter import SYNC_KINDS, Counter  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- building a step

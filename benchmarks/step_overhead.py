@@ -48,7 +48,7 @@ from lightning_ssl_backdoor.ssl import FixMatch
 from lightning_ssl_backdoor.utils import quiet_lightning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_readiness import SYNC_KINDS, Counter as SyncCounter  # noqa: E402  (every sync kind)
+from sync_counter import SYNC_KINDS, Counter as SyncCounter  # noqa: E402  (every sync kind)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
