@@ -21,7 +21,7 @@ from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.ssl import (
     ALGORITHMS, UDA, VAT, FlexMatch, MeanTeacher, MixMatch, PiModel, PseudoLabel, SSLModule,
 )
-from lightning_ssl_backdoor.ssl.flexmatch import class_thresholds, learning_effect
+from lightning_ssl_backdoor.ssl.flexmatch import class_thresholds, learning_effect, updated_learning_effect
 from lightning_ssl_backdoor.augment import CropScaleVFlip
 from lightning_ssl_backdoor.defenses.self_training import SelfTraining, SelfTrainingConfig, self_train
 from lightning_ssl_backdoor.ssl.vat import l2_normalize
@@ -309,6 +309,20 @@ def test_flexmatch_learning_effect_hand_computed():
     assert learning_effect(torch.full((5,), -1), 3) is None  # every image unused: keep the old beta
     assert learning_effect(torch.full((5,), 2), 3) is None  # every image in one class
     assert learning_effect(torch.full((5,), -1), 3, warmup=False) is None
+
+
+def test_flexmatch_sync_free_update_equals_the_reference():
+    """The training step's form (scatter_add_ counts, torch.where for the kept cases) equals
+    learning_effect, and the previous beta where learning_effect keeps it (returns None)."""
+    g = torch.Generator().manual_seed(0)
+    previous = torch.tensor([0.3, 0.6, 0.9])
+    cases = [torch.randint(-1, 3, (n,), generator=g) for n in (1, 5, 40, 200)]
+    cases += [torch.full((5,), -1), torch.full((5,), 2), torch.tensor([-1, -1, 0, 0, 1, 2, 2, 2])]
+    for sel in cases:
+        for warmup in (True, False):
+            ref = learning_effect(sel, 3, warmup=warmup)
+            got = updated_learning_effect(sel, 3, warmup, previous)
+            assert torch.allclose(got, previous if ref is None else ref), (sel, warmup)
 
 
 def test_flexmatch_masks_with_previous_thresholds_then_updates(batch_factory):

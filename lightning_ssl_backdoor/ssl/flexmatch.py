@@ -40,6 +40,20 @@ def learning_effect(selected_label: torch.Tensor, num_classes: int, warmup: bool
     return counts[1:].float() / denom.float()
 
 
+def updated_learning_effect(selected_label: torch.Tensor, num_classes: int, warmup: bool,
+                            previous: torch.Tensor) -> torch.Tensor:
+    """:func:`learning_effect` without a host sync (the training step's form): the counts by
+    ``scatter_add_`` into ``num_classes + 1`` bins, and the cases where the authors' code keeps the
+    previous beta chosen on the device with ``torch.where`` (equal to ``learning_effect`` or
+    ``previous`` where it returns None; tested)."""
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=selected_label.device)
+    counts.scatter_add_(0, selected_label + 1, torch.ones_like(selected_label))
+    denom = counts.max() if warmup else counts[1:].max()
+    keep = (counts.max() >= selected_label.numel()) | (denom == 0)
+    beta = counts[1:].to(previous.dtype) / denom.clamp_min(1).to(previous.dtype)
+    return torch.where(keep, previous, beta)
+
+
 def class_thresholds(beta: torch.Tensor, tau: float, mapping: str = "convex") -> torch.Tensor:
     """``T_c = M(beta_c) * tau``, ``M(x) = x / (2 - x)`` (convex) or ``x`` (linear)."""
     return tau * (beta / (2.0 - beta) if mapping == "convex" else beta)
@@ -92,10 +106,11 @@ class FlexMatch(SSLModule):
         if self._trainer is not None and self._trainer.world_size > 1:
             idx, max_prob, pred = (self.all_gather(t).flatten() for t in (idx, max_prob, pred))
         sel = max_prob >= float(self.hparams.threshold)
-        self.selected_label[idx[sel]] = pred[sel]
-        beta = learning_effect(self.selected_label, int(self.hparams.num_classes), self.hparams.threshold_warmup)
-        if beta is not None:
-            self.classwise_acc.copy_(beta)
+        # no boolean-mask indexing (a host sync): unselected entries are written back unchanged (an
+        # index twice in one batch, at an epoch boundary of the sampler, keeps its last write)
+        self.selected_label[idx] = torch.where(sel, pred, self.selected_label[idx])
+        self.classwise_acc.copy_(updated_learning_effect(
+            self.selected_label, int(self.hparams.num_classes), bool(self.hparams.threshold_warmup), self.classwise_acc))
 
     # ------------------------------------------------------------------ loss
     def compute_losses(self, labeled: dict, unlabeled: Optional[dict]) -> dict[str, Any]:
