@@ -57,7 +57,7 @@ def test_hijack_share_matches_a_recount():
     with torch.no_grad():
         p = torch.softmax(module.model(x), 1)
     expected = float(((p.argmax(1) == 1) & (p.max(1).values >= 0.4)).float().mean())
-    assert share == expected
+    assert share == pytest.approx(expected)  # a float32 mean against a Python float (2/3 differs in the 8th digit)
 
 
 def test_runner_reports_hijack_and_base_rates(tmp_path):
