@@ -32,7 +32,8 @@ subcommands:
   test         evaluate clean accuracy and attack success rate on the test set
   poison       run an attack and write a PoisonedSplit artifact (npz with its JSON manifest inside)
   experiment   run attack -> defenses -> SSL training -> evaluation -> report
-  report       `report merge DIR... --output DIR`: one report from the shards of a grid (--only)
+  report       `report merge DIR... --output DIR`: one report from the shards of a grid (--only);
+               `report render DIR`: redraw every table and figure from DIR/results.json
 
 exit codes: 0 done, 2 bad command/config/input file, 1 fault at run time (disk full, output folder
 in use, ...), 130 interrupted (rerun to resume; `fit` prints its --ckpt_path)
