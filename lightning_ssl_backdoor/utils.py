@@ -10,11 +10,13 @@ def quiet_lightning() -> None:
     """Silence Lightning messages that are expected by design here and only confuse users.
 
     Our loaders are IterableDatasets that shard themselves (so ``__len__`` is exact per worker), and
-    augmentation deliberately lives in the LightningModule's ``on_after_batch_transfer``.
+    augmentation deliberately lives in the LightningModule's ``on_after_batch_transfer`` (batch
+    handling in its ``on_before_batch_transfer``).
     """
     for pattern in (
         r".*IterableDataset.*has `__len__` defined.*",
         r".*overridden `on_after_batch_transfer`.*",
+        r".*overridden `on_before_batch_transfer`.*",
         r".*does not have many workers.*",
         r".*LeafSpec.*",
         r".*GPU available but not used.*",

@@ -129,7 +129,8 @@ def test_quickstart_runs_end_to_end_at_reduced_steps(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs/experiments/quickstart.yaml").read_text())
     cfg["trainer"].update(max_steps=4, val_check_interval=2)
     cfg["data"]["image_size"] = 8
-    cfg["surrogate"]["steps"] = 5
+    if "surrogate" in cfg:
+        cfg["surrogate"]["steps"] = 5
     for a in cfg["attacks"]:
         if a and a["name"] == "deneb":
             a["init_args"]["steps"] = 3
@@ -139,10 +140,12 @@ def test_quickstart_runs_end_to_end_at_reduced_steps(tmp_path):
     out = tmp_path / "qs"
     assert main(["experiment", "-c", str(_write(tmp_path, cfg)), "--output", str(out), "--no_progress", "true"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["attack"], r["defense"]) for r in rows] == [(None, None), ("clean_label", None), ("mosaic", None)]
-    assert rows[1]["num_poisons"] == 64
+    assert [(r["algorithm"], r["attack"], r["defense"]) for r in rows] == [
+        ("fixmatch", None, None), ("fixmatch", "mosaic-unlabeled", None), ("supervised", "badnets-labeled", None),
+        ("supervised", "badnets-labeled", "self_training")]
+    assert rows[1]["num_poisons"] > 0 and rows[2]["num_labeled"] == rows[0]["num_labeled"]
     assert all(r["asr"] is not None for r in rows[1:])
-    assert set(rows[0]["base_rates"]) == {"clean_label", "mosaic"}
+    assert set(rows[0]["base_rates"]) == {"mosaic-unlabeled", "badnets-labeled"}
 
 
 def test_explicit_rows_select_from_the_lists_and_run_in_parallel_jobs(tmp_path):
