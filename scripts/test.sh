@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test suite: installs into .venv if needed, then runs pytest (CPU only, a few minutes).
+# The test suite: installs into .venv if needed, then runs pytest (CPU only) and lists the 20
+# slowest tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=20 "$@"
