@@ -14,11 +14,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
-# The decode cache of file-based data sets: never the user's ~/.cache during tests.
-if "SSL_BACKDOOR_CACHE" not in os.environ:
+# The decode cache of file-based data sets: never the user's ~/.cache during tests, and one folder
+# per pytest-xdist worker (a worker inherits the controller's environment, so the owner is noted).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if "SSL_BACKDOOR_CACHE" not in os.environ or os.environ.get("SSL_BACKDOOR_TEST_CACHE_OWNER") not in (None, _WORKER):
     import tempfile
 
-    os.environ["SSL_BACKDOOR_CACHE"] = tempfile.mkdtemp(prefix="ssl-backdoor-test-cache-")
+    os.environ["SSL_BACKDOOR_CACHE"] = tempfile.mkdtemp(prefix=f"ssl-backdoor-test-cache-{_WORKER}")
+    os.environ["SSL_BACKDOOR_TEST_CACHE_OWNER"] = _WORKER
 # Tiny models gain nothing from intra-op threads and lose a lot on a busy 2-core machine.
 torch.set_num_threads(1)
 
