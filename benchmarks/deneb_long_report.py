@@ -12,7 +12,11 @@ triggered poisons under the target, and the hijack share; EMA weights, the evalu
 ``cifar10_deneb_long_probe.png`` (those curves). Text under ``## What the curves show`` in an
 existing ``.md`` is kept. Nothing asserts on numbers.
 
-    PYTHONPATH=. python benchmarks/deneb_long_report.py [--output runs/cifar10_deneb_long]
+    PYTHONPATH=runs/deneb_long_src:benchmarks python -P benchmarks/deneb_long_report.py [--output runs/cifar10_deneb_long]
+
+The rows' folders are found with the train cache key of the code that trains them
+(``asdict(trainer)``, the run's snapshot ``runs/deneb_long_src``: commit 99660c0 plus the probe);
+the package's later keys (``spec.key_fields``) may name other folders, so run it on the snapshot.
 """
 
 from __future__ import annotations
