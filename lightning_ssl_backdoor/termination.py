@@ -53,6 +53,11 @@ def _quiet_lightning_sigterm() -> None:
         logging.getLogger(f"{ns}.trainer.connectors.signal_connector").setLevel(logging.WARNING)
 
 
+#: SIGINT was ignored when :func:`handled` was entered (a job started in the background by a
+#: non-interactive shell): then an ignored SIGINT at SIGTERM time is not Lightning shutting down
+_sigint_ignored_at_start = False
+
+
 def received() -> bool:
     """Whether this process received SIGTERM since :func:`handled` was entered."""
     return _received
@@ -62,8 +67,10 @@ def _like_ctrl_c(signum: int, frame: Optional[FrameType]) -> None:
     global _received
     _received = True
     handler = signal.getsignal(signal.SIGINT)
-    if handler is signal.SIG_IGN:  # Lightning shutting down after an interrupt: it ends by itself
-        return
+    if handler is signal.SIG_IGN and not _sigint_ignored_at_start:
+        return  # Lightning shutting down after an interrupt: it ends by itself
+    if handler is signal.SIG_IGN:  # a background job (`cmd &`): SIGINT ignored from the start, act anyway
+        raise KeyboardInterrupt
     if callable(handler):
         handler(signal.SIGINT, frame)  # Python's default raises KeyboardInterrupt; a fit's guard sets its flag
         return
@@ -74,8 +81,9 @@ def _like_ctrl_c(signum: int, frame: Optional[FrameType]) -> None:
 def handled() -> Iterator[None]:
     """For the ``with`` body, SIGTERM in this (the command line's) process behaves as Ctrl-C (main
     thread only); the previous handler is restored after it."""
-    global _received
+    global _received, _sigint_ignored_at_start
     _received = False
+    _sigint_ignored_at_start = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     _quiet_lightning_sigterm()
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -455,3 +455,20 @@ def test_archive_member_declaring_a_huge_size_is_refused_unread(tmp_path, monkey
     monkeypatch.setattr(ra, "MAX_MEMBER_BYTES", 16)  # the real limit is 1 GiB
     with pytest.raises(DataFormatError, match=r"member 'cifar10/train/a/0.png' of archive '.*train.tar' declares"):
         ra.read_archive_folder([packed], "train")
+
+
+
+def test_sigterm_in_a_background_job_with_sigint_ignored_acts_like_ctrl_c():
+    """A job started in the background by a non-interactive shell (`cmd &`) has SIGINT ignored from
+    the start; SIGTERM must still interrupt it (the parent of `--jobs 2` waits in the pool there)."""
+    from lightning_ssl_backdoor import termination
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with termination.handled():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs between bytecodes: never reached
+        assert termination.received()
+    finally:
+        signal.signal(signal.SIGINT, previous)
