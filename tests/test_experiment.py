@@ -54,6 +54,12 @@ def test_experiment_rows_report_and_cache(tmp_path, monkeypatch, capsys):
     assert all(r["asr"] is None for r in clean) and all(0 <= r["asr"] <= 100 for r in attacked)
     assert {r["algorithm"] for r in rows} == {"supervised", "fixmatch-t0.5"}
     assert attacked[0]["num_poisons"] == 10 and attacked[0]["target"] == 1
+    # what was built, typed and complete: the config's values, every other option at its default
+    fm = next(r for r in rows if r["algorithm"] == "fixmatch-t0.5")["arguments"]["algorithm"]
+    assert fm["threshold"] == 0.5 and fm["weak_pad"] == 1 and fm["ema_decay"] == 0.9 and fm["weak_flip"] is True
+    assert fm["model_kwargs"] == {"width": 8} and fm["num_classes"] == 10 and fm["in_channels"] == 1
+    att = attacked[0]["arguments"]["attack"]
+    assert att["budget"] == 10 and att["target"] == 1 and att["seed"] == 0 and "budget_rate" in att
     assert res["package_version"] and res["config"]["seeds"] == [0]
     with open(out / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4

@@ -50,6 +50,7 @@ from lightning_ssl_backdoor.data import SSLSplit
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.data.cache_entry import read_json_entry
 from lightning_ssl_backdoor.errors import ConfigError
+from lightning_ssl_backdoor.signatures import publish_signature
 from lightning_ssl_backdoor.models.interface import instantiate, require
 from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig, config_hash
 
@@ -219,6 +220,11 @@ class Defense:
 
     name: ClassVar[str] = ""
     requires: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a defense taking ``**options`` lists them (``signature_options``) in ``cls.__signature__``
+        super().__init_subclass__(**kwargs)
+        publish_signature(cls)
 
     def check_model(self, model: Any) -> nn.Module:
         """``model`` if it has everything in ``requires``, else one ``ConfigError`` naming the member and the fix."""
