@@ -43,7 +43,7 @@ def test_cifar10_bi_config_runs_every_attack_and_defense(tmp_path, packed_cifar)
     full = {(r.get("attack"), r.get("defense")) for r in cfg["rows"]}
     attacks = ["mosaic", "freq", "cl_badnets", "narcissus"]
     defenses = ["bi", "bi-test-filter", "bi-filter-only", "bi-complementary-only", "bi-mixup-only", "bi-no-filter",
-                "ft", "fp", "nad", "abl"]
+                "ft", "fp", "nad", "abl", "upure"]
     assert full == {(None, None)} | {(a, d) for a in attacks for d in [None, *defenses]}
     assert cfg["seeds"] == [0, 1, 2] and cfg["jobs"] == 2 and cfg["threads"] == 1
     # every attack once undefended, every defense once (on mosaic): each stage is built and runs

@@ -71,6 +71,6 @@ def test_cifar10_deneb_configs_run_every_stage(tmp_path, packed_cifar, name):
     assert len(rows) == len(cfg["rows"])
     expected = {(None, None), ("clean_label", None), ("deneb", None), ("deneb", "depud-ocdp"), ("deneb", "depud-weighted")}
     if name == "cifar10_deneb":  # DePuD Table V's backdoor-erasing baselines
-        expected |= {("deneb", d) for d in ("ft", "fp", "mcr", "nad")}
+        expected |= {("deneb", d) for d in ("ft", "fp", "mcr", "nad", "upure")}
     assert {(r["attack"], r["defense"]) for r in rows} == expected
     assert all(r["clean_accuracy"] is not None for r in rows)

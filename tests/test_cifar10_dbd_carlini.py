@@ -78,7 +78,8 @@ def test_dbd_configs_run_every_stage(tmp_path, packed_cifar, name):  # noqa: F81
     got = {(r["algorithm"], r["attack"], r["defense"]) for r in rows}
     assert len(rows) == len(cfg["rows"]) and all(r["clean_accuracy"] is not None for r in rows)
     if name == "cifar10_dbd":
-        expect = {("supervised", None, None), ("fixmatch", "mosaic", None), ("fixmatch", "mosaic", "dbd")}
+        expect = {("supervised", None, None), ("fixmatch", "mosaic", None), ("fixmatch", "mosaic", "dbd"),
+                  ("fixmatch", "mosaic", "upure")}
         expect |= {("supervised", a, d) for a in POISON_LABEL for d in (None, "dbd", "dbd-per-class")}
         expect |= {("supervised", "badnets", d) for d in BASELINES}
         assert got == expect
