@@ -62,6 +62,8 @@ def _cases():
             for v in bad_values(p.annotation):
                 yield "attacks", name, k, v
     for name, cls in DEFENSES.items():
+        if not cls.__module__.startswith("lightning_ssl_backdoor."):
+            continue  # a stand-in another test registered in this process
         for k, p in keyword_parameters(cls).items():
             for v in bad_values(p.annotation):
                 yield "defenses", name, k, v

@@ -150,7 +150,8 @@ def _components():
     """(kind, name, {option: a value of its type other than its default}) for every registered component."""
     groups = [("algorithm", n, keyword_parameters(c, LINKED)) for n, c in ALGORITHMS.items()]
     groups += [("attack", n, c.options()) for n, c in ATTACKS.items()]
-    groups += [("defense", n, keyword_parameters(c)) for n, c in DEFENSES.items()]
+    groups += [("defense", n, keyword_parameters(c)) for n, c in DEFENSES.items()
+               if c.__module__.startswith("lightning_ssl_backdoor.")]  # not other tests' stand-ins
     for kind, name, params in groups:
         values = {p.name: _other_value(p) for p in params.values() if _other_value(p) is not None}
         if values:
