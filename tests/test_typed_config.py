@@ -51,6 +51,8 @@ def test_1_dotted_overrides_arrive_typed(capsys):
     (["--surrogate.steps", "many"], ["surrogate.steps", "int", "'many'"]),
     (["--data.batch_size", "abc"], ["data.batch_size", "int", "'abc'"]),
     (["--model.lr", ".nan"], ["model.lr", "finite"]),
+    (["--only", "1", "2"], ["only must be list[int] or null", "got '1'", "--only '[1, 2]'"]),
+    (["--threads", "abc"], ["threads must be int or null", "got 'abc'"]),
 ])
 def test_2_unknown_keys_and_wrong_types_are_one_sentence_before_any_work(extra, words, tmp_path, capsys):
     assert main(["experiment"] + QUICK + extra + ["--output", str(tmp_path / "o"), "--print_config"]) == 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from dataclasses import asdict
 from typing import Any, Mapping, Optional
 
@@ -152,6 +153,12 @@ def describe_parser_error(e: Exception, argv: list[str]) -> str:
         key = text.split('Parser key "', 1)[1].split('"', 1)[0]
     origin = CLI if key and any(a.split("=")[0] in (f"--{key}", f"--{key.split('.')[0]}") for a in argv) else (
         ", ".join(files) or CLI)
+    if key and "Union subtypes" in text and "Subtypes: [" in text:
+        subtypes = text.split("Subtypes: [", 1)[1].split("] Errors:", 1)[0]
+        expected = re.sub(r"<class '([\w.]+)'>", r"\1", subtypes).replace("NoneType", "null").replace(", ", " or ")
+        value = text.rsplit("Given value:", 1)[1].strip() if "Given value:" in text else "?"
+        hint = f"; write a list as --{key} '[1, 2]'" if "list" in expected else ""
+        return f"{key} must be {expected}, got {value!r} (from {origin}){hint}."
     if key and "Expected a" in text:
         expected = text.split("Expected a", 1)[1].split(". Got value:", 1)[0].strip().strip("<>").replace("class ", "")
         value = text.split("Got value:", 1)[1].strip() if "Got value:" in text else "?"
