@@ -12,11 +12,9 @@ triggered poisons under the target, and the hijack share; EMA weights, the evalu
 ``cifar10_deneb_long_probe.png`` (those curves). Text under ``## What the curves show`` in an
 existing ``.md`` is kept. Nothing asserts on numbers.
 
-    PYTHONPATH=runs/deneb_long_src:benchmarks python -P benchmarks/deneb_long_report.py [--output runs/cifar10_deneb_long]
+    python benchmarks/deneb_long_report.py [--output runs/cifar10_deneb_long]
 
-The rows' folders are found with the train cache key of the code that trains them
-(``asdict(trainer)``, the run's snapshot ``runs/deneb_long_src``: commit 99660c0 plus the probe);
-the package's later keys (``spec.key_fields``) may name other folders, so run it on the snapshot.
+The rows' folders are found with the runner's own train cache key (``Runner.train_key``).
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +36,7 @@ from lightning_ssl_backdoor.attacks.surrogate import load_surrogate  # noqa: E40
 from lightning_ssl_backdoor.data import triggered_copy  # noqa: E402
 from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from lightning_ssl_backdoor.metrics import attack_success_rate  # noqa: E402
-from lightning_ssl_backdoor.pipeline.config import config_hash  # noqa: E402
-from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict, keyed_model_args  # noqa: E402
+from lightning_ssl_backdoor.pipeline.experiment import Runner, config_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "experiments" / "cifar10_deneb_long.yaml"
@@ -73,9 +69,7 @@ def train_dirs(output: Path) -> tuple[list[tuple[str, Path]], dict[str, float]]:
     out = []
     for algorithm, attack, defense, seed in runner.rows():
         _, akey = runner.attacked_split(seed, attack)
-        keyed = keyed_model_args(runner.model_args(seed))
-        tkey = config_hash(akey, "train", asdict(algorithm), keyed, asdict(runner.cfg.data),
-                           asdict(runner.cfg.trainer), seed, None)
+        tkey = runner.train_key(akey, algorithm, runner.model_args(seed), seed)
         out.append((row_label(algorithm.display, attack.display if attack else None), runner.cache / f"train-{tkey}"))
     return out, theta0_metrics(runner)
 

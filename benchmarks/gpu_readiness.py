@@ -372,11 +372,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     result["before_commit"] = commit or "?"
     result["after_commit"] = subprocess.run(["git", "-C", trees["after"], "rev-parse", "--short", "HEAD"],
                                             capture_output=True, text=True).stdout.strip() or "?"
-    out = Path(args.output)
-    from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text
+    from lightning_ssl_backdoor.data.artifacts import write_result_pair
 
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    write_result_pair(args.output, result, markdown(result))
     return result
 
 

@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_overhead import make_datamodule  # noqa: E402
 
-from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from lightning_ssl_backdoor.data.artifacts import write_result_pair  # noqa: E402
 from lightning_ssl_backdoor.ssl import FixMatch  # noqa: E402
 from lightning_ssl_backdoor.utils import quiet_lightning  # noqa: E402
 
@@ -246,9 +246,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     result = {"rows": rows, "machine": {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version()}}
-    out = Path(args.output)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    write_result_pair(args.output, result, markdown(result))
     return result
 
 

@@ -42,7 +42,7 @@ from lightning_ssl_backdoor._lightning import pl
 import torch
 
 from lightning_ssl_backdoor.data import SSLDataModule, make_split
-from lightning_ssl_backdoor.data.artifacts import atomic_write_json, atomic_write_text
+from lightning_ssl_backdoor.data.artifacts import write_result_pair
 from lightning_ssl_backdoor.data.imageset import ImageSet
 from lightning_ssl_backdoor.ssl import FixMatch
 from lightning_ssl_backdoor.utils import quiet_lightning
@@ -310,9 +310,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "syncs_per_step": syncs,
         "note": args.note,
     }
-    out = Path(args.output)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    write_result_pair(args.output, result, markdown(result))
     return result
 
 

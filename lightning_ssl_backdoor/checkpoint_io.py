@@ -32,6 +32,7 @@ from lightning_ssl_backdoor._lightning import Callback, ModelCheckpoint
 
 from lightning_ssl_backdoor import faults, termination
 from lightning_ssl_backdoor.errors import CheckpointError
+from lightning_ssl_backdoor.quarantine import move_aside
 
 PREV_SUFFIX = ".prev"
 
@@ -148,13 +149,8 @@ def resume_checkpoint(ckpt_dir: Path, name: str = "last.ckpt") -> Optional[Path]
                 warnings.warn(f"resuming from the previous checkpoint {path}; the newest one was incomplete.",
                               stacklevel=2)
             return path
-        n = 0
-        while path.with_name(f"{path.name}.corrupt-{n}").exists():
-            n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{n}")
-        try:
-            os.replace(path, aside)
-        except FileNotFoundError:  # another rank of the same run set it aside first
+        aside = move_aside(path)
+        if aside is None:  # another rank of the same run set it aside first
             continue
         warnings.warn(f"checkpoint {path} is truncated or corrupted; set aside as {aside.name}.", stacklevel=2)
     if any(ckpt_dir.glob(f"{name}*.corrupt-*")):

@@ -14,6 +14,7 @@ import yaml
 from lightning_ssl_backdoor.data import SSLDataModule
 from lightning_ssl_backdoor.defenses import build_defense
 from lightning_ssl_backdoor.defenses import invalidator as bi
+from lightning_ssl_backdoor.defenses.invalidator_defense import Blur
 from lightning_ssl_backdoor.defenses.invalidator_core import ABLATIONS, check_options
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.spec import Spec
@@ -139,4 +140,4 @@ def test_bi_and_bi_test_filter_share_one_training_through_the_runner(tmp_path):
 def test_the_test_time_blur_is_the_training_filter():
     m = _module()
     x = torch.rand(2, 3, 8, 8)
-    assert torch.equal(bi._Blur(1.0)(x), m.filter_images(x))
+    assert torch.equal(Blur(1.0)(x), m.filter_images(x))

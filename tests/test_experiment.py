@@ -213,7 +213,7 @@ def test_parallel_rows_stop_at_once_when_interrupted(tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "_summary", interrupted)
+    monkeypatch.setattr(experiment.jobs, "summary", interrupted)
     cfg = config_from_dict({**TINY, "dynamics_every": None, "jobs": 2, "algorithms": ["supervised"],
                             "attacks": [None], "seeds": [0, 1, 2]})
     runner = experiment.Runner(cfg, tmp_path / "run", progress=False)

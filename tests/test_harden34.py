@@ -25,31 +25,9 @@ from lightning_ssl_backdoor._lightning import Callback
 from lightning_ssl_backdoor.cli import main
 from lightning_ssl_backdoor.error_boundary import classify
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, DataFormatError, TrainingDiverged
+from tests.test_harden import SMALL, _cfg, _one_error  # the shared tiny experiment and its error check
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {
-    "name": "small", "seeds": [0],
-    "data": {"dataset": "digits", "image_size": 8, "labels_per_class": 2, "batch_size": 4, "mu": 1,
-             "eval_batch_size": 500},
-    "model": {"arch": "tiny_cnn", "weak_pad": 1, "model_kwargs": {"width": 4}},
-    "trainer": {"max_steps": 2, "val_check_interval": 2, "checkpoint_every_n_steps": 1, "accelerator": "cpu"},
-    "algorithms": ["supervised"],
-}
-
-
-def _cfg(tmp_path: Path, **changes) -> str:
-    p = tmp_path / "exp.yaml"
-    p.write_text(yaml.safe_dump({**SMALL, **changes}))
-    return str(p)
-
-
-def _one_error(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in "\n".join(err)
-    assert err and err[-1].startswith("error: "), err
-    return err[-1]
-
-
 class _Alarm:
     """Fail (instead of hanging for ever) when the body runs longer than ``seconds``."""
 

@@ -207,3 +207,14 @@ def test_cli_resumes_after_interruption_to_the_same_result(tmp_path, monkeypatch
     a, b = load_poisoned_split(ref), load_poisoned_split(out)
     assert torch.equal(a.unlabeled.images, b.unlabeled.images)
     assert torch.equal(a.attack["arrays"]["w"], b.attack["arrays"]["w"])
+
+
+def test_write_result_pair_writes_json_and_markdown_side_by_side(tmp_path):
+    import json
+
+    from lightning_ssl_backdoor.data.artifacts import write_result_pair
+
+    path = write_result_pair(tmp_path / "bench", {"ms": 1.5}, "| ms |\n|---|\n| 1.5 |\n")
+    assert path == tmp_path / "bench.json" and json.loads(path.read_text()) == {"ms": 1.5}
+    assert (tmp_path / "bench.md").read_text().startswith("| ms |")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md"]  # no temporary file left

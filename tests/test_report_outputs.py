@@ -88,9 +88,9 @@ def test_tensorboard_runs_named_by_row_with_learning_rate(whole):
 
 
 def test_console_says_na_for_a_clean_rows_asr(capsys):
-    from lightning_ssl_backdoor.pipeline.experiment import _summary
+    from lightning_ssl_backdoor.pipeline.jobs import summary
 
-    _summary(0, 1, {"algorithm": "a", "attack": None, "defense": None, "seed": 0, "clean_accuracy": 50.0,
+    summary(0, 1, {"algorithm": "a", "attack": None, "defense": None, "seed": 0, "clean_accuracy": 50.0,
                     "asr": None}, 1.0)
     err = capsys.readouterr().err
     assert "ASR n/a" in err and "None%" not in err and "CA 50.0%" in err

@@ -80,6 +80,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def write_result_pair(stem: str | os.PathLike, result: Any, markdown: str) -> Path:
+    """A benchmark's two outputs, each written atomically: ``STEM.json`` (the numbers) and
+    ``STEM.md`` (their table); returns the ``.json`` path."""
+    stem = Path(stem)
+    atomic_write_text(stem.with_suffix(".md"), markdown)
+    return atomic_write_json(stem.with_suffix(".json"), result)
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)

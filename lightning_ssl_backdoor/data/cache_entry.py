@@ -11,10 +11,11 @@ hand-edited file; it must never stop every later run with an error about the cac
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from lightning_ssl_backdoor.quarantine import move_aside
 
 
 def set_aside(path: Path, why: str) -> Optional[Path]:
@@ -23,13 +24,8 @@ def set_aside(path: Path, why: str) -> Optional[Path]:
     Returns the new path, or ``None`` when the file vanished meanwhile (another worker set it aside).
     """
     path = Path(path)
-    n = 0
-    while path.with_name(f"{path.name}.corrupt-{n}").exists():
-        n += 1
-    aside = path.with_name(f"{path.name}.corrupt-{n}")
-    try:
-        os.replace(path, aside)
-    except FileNotFoundError:
+    aside = move_aside(path)
+    if aside is None:
         return None
     warnings.warn(f"cache entry {path} is unusable ({why}); set aside as {aside.name} and rebuilt.", stacklevel=3)
     return aside

@@ -32,7 +32,7 @@ from lightning_ssl_backdoor.defenses.influence import (
     self_influence,
 )
 from lightning_ssl_backdoor.defenses.influence_defense import InfluenceDefense
-from lightning_ssl_backdoor.defenses.invalidator import Invalidator
+from lightning_ssl_backdoor.defenses.invalidator_defense import Invalidator
 from lightning_ssl_backdoor.defenses.knn import chunked_knn, mean_knn_sqdist, pair_dots
 from lightning_ssl_backdoor.defenses.oracle import OracleRemoval
 from lightning_ssl_backdoor.defenses.upure import UPure  # registers upure (issue 33)

@@ -4,7 +4,8 @@ One mixin, :class:`InvalidatorMixin`, attaches BI to a host SSL algorithm withou
 :func:`invalidate` builds ``class Invalidated<Host>(InvalidatorMixin, Host)``. The module exports
 :class:`InvalidatedFixMatch`, :class:`InvalidatedFlexMatch` and :class:`InvalidatedMixMatch`, so
 class paths such as ``lightning_ssl_backdoor.defenses.invalidator.InvalidatedFixMatch`` resolve in
-configs and checkpoints. The registered defense ``invalidator`` swaps a row's algorithm for its
+configs and checkpoints. The registered defense ``invalidator``
+(:mod:`~lightning_ssl_backdoor.defenses.invalidator_defense`) swaps a row's algorithm for its
 invalidated class with the defense's options added to the init args.
 
 The paper's equations were lost in extraction: this follows ``papers/INDEX.md`` ("BI (001)"), i.e.
@@ -42,15 +43,12 @@ summed over ranks.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
 from lightning_ssl_backdoor.augment.gaussian import GaussianFilter
-from lightning_ssl_backdoor.defenses.base import Defense, DefenseContext, register_defense
-from lightning_ssl_backdoor.defenses.baselines._common import BehindTransform
 from lightning_ssl_backdoor.defenses.invalidator_core import (
     OPTION_NAMES,
     check_options,
@@ -63,8 +61,7 @@ from lightning_ssl_backdoor.defenses.invalidator_core import (
 )
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.losses import complementary_loss
-from lightning_ssl_backdoor.spec import Spec
-from lightning_ssl_backdoor.ssl import FixMatch, FlexMatch, MixMatch, resolve_algorithm
+from lightning_ssl_backdoor.ssl import FixMatch, FlexMatch, MixMatch
 
 __all__ = [
     "INVALIDATED",
@@ -72,8 +69,8 @@ __all__ = [
     "InvalidatedFixMatch",
     "InvalidatedFlexMatch",
     "InvalidatedMixMatch",
-    "Invalidator",
     "InvalidatorMixin",
+    "blur_quantised",
     "check_options",
     "invalidate",
     "invalidated_class",
@@ -119,7 +116,7 @@ class InvalidatorMixin:
 
     def filter_images(self, x: torch.Tensor) -> torch.Tensor:
         """Blur float [0, 1] images and quantise to 8 bits (as the stored / Pillow images are)."""
-        return _blur_quantised(self.gaussian, x)
+        return blur_quantised(self.gaussian, x)
 
     def _filter_raw(self, x: torch.Tensor) -> torch.Tensor:
         """The same on a raw 0-255 batch (uint8 in, uint8 out), before any augmentation."""
@@ -346,79 +343,6 @@ def invalidated_class(host: type) -> type:
     return INVALIDATED[host]
 
 
-@register_defense
-class Invalidator(Defense):
-    """``defense: {name: invalidator, init_args: {...}}``: train the row's FixMatch / FlexMatch /
-    MixMatch with BI; options as :func:`check_options` (``use_filter``, ``use_complementary``,
-    ``use_mixup`` give the paper's Table 3 ablations; the labelled rows of
-    :data:`~lightning_ssl_backdoor.defenses.invalidator_core.ABLATIONS` name them). The final
-    transition matrix goes to ``defense_info``."""
-
-    name = "invalidator"
-    #: the options ``**options`` takes (listed in the published signature and typed by the parsers)
-    signature_options = staticmethod(check_options)
-
-    def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(OPTION_NAMES))
-        if unknown:
-            raise ConfigError(
-                f"invalidator does not take option(s) {', '.join(unknown)}; valid options: {', '.join(OPTION_NAMES)}."
-            )
-        check_options(**options)
-        self.options = dict(options)
-
-    def algorithm(self, ctx: DefenseContext) -> Spec:
-        cls = invalidated_class(resolve_algorithm(ctx.algorithm.name))
-        init_args = {**ctx.algorithm.init_args, **self.options}
-        return Spec(f"{cls.__module__}.{cls.__name__}", init_args, ctx.algorithm.label)
-
-    def run(self, ctx: DefenseContext) -> dict[str, Any]:
-        """Train the row with BI, in a folder shared by the rows whose options differ only in
-        ``filter_triggered_test`` (a test-time choice: ``bi`` and ``bi-test-filter`` are one
-        training), and test it as this row's ``filter_triggered_test`` says."""
-        opts = check_options(**self.options)
-        trained_opts = {**opts, "filter_triggered_test": False}
-        algorithm = self.algorithm(ctx)
-        algorithm = Spec(algorithm.name, {**algorithm.init_args, "filter_triggered_test": False}, algorithm.label)
-        workdir = ctx.shared_dir("invalidator", {"algorithm": algorithm.name, "options": trained_opts})
-        res = dict(ctx.train(ctx.split, algorithm=algorithm, save_model=True, workdir=workdir))
-        if opts["use_filter"] and opts["filter_triggered_test"]:
-            res["test"] = self._test_filtered(res, ctx, opts["filter_radius"])
-        info = dict(ctx.info)
-        info["options"] = opts
-        info["training"] = Path(workdir).name
-        last = Path(workdir) / "checkpoints" / "last.ckpt"
-        if opts["use_complementary"] and last.is_file():
-            state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
-            if "bi_transition" in state:
-                info["transition_matrix"] = [[round(v, 4) for v in r] for r in state["bi_transition"].tolist()]
-        res["defense_info"] = info
-        return res
-
-    @staticmethod
-    def _test_filtered(res: dict[str, Any], ctx: DefenseContext, radius: float) -> dict[str, float]:
-        """``filter_triggered_test=True``: the trained model behind the blur on every test input,
-        triggered ones included (raw weights and, where kept, the ``_ema`` twin)."""
-        blur = _Blur(radius)
-        models = ctx.load_model(res)
-        test: dict[str, float] = {}
-        for suffix, model in (("", models.raw), ("_ema", models.ema)):
-            if model is not None:
-                test.update({k + suffix: v for k, v in ctx.evaluate(BehindTransform(model, blur)).items()})
-        return test
-
-
-class _Blur(torch.nn.Module):
-    """BI's test-time filter on float ``[0, 1]`` images: the Gaussian blur, re-quantised to 8 bits
-    (:meth:`InvalidatorMixin.filter_images`)."""
-
-    def __init__(self, radius: float) -> None:
-        super().__init__()
-        self.gaussian = GaussianFilter(radius)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _blur_quantised(self.gaussian, x)
-
-
-def _blur_quantised(gaussian: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def blur_quantised(gaussian: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """BI's filter on float ``[0, 1]`` images: ``gaussian``, then re-quantised to 8 bits."""
     return (gaussian(x.float()).clamp(0.0, 1.0) * 255.0).round() / 255.0

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
-import multiprocessing as mp
 import sys
 import time
 from dataclasses import asdict
@@ -32,21 +30,20 @@ from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.io_lock import locked_output, waiting_lock
 from lightning_ssl_backdoor.pipeline.attack_stage import run_attack_stage, surrogate_model
 from lightning_ssl_backdoor.pipeline.base_rate import attack_base_rates
+from lightning_ssl_backdoor.pipeline import jobs
 from lightning_ssl_backdoor.pipeline.build import built_arguments, config_from_dict, config_yaml, parse_experiment
 from lightning_ssl_backdoor.pipeline.checks import check_experiment, check_name
-from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, TrainerConfig, config_hash
+from lightning_ssl_backdoor.pipeline.config import ExperimentConfig, Spec, config_hash
 from lightning_ssl_backdoor.spec import key_fields
 from lightning_ssl_backdoor.pipeline.defense_stage import defense_context
-from lightning_ssl_backdoor.pipeline.distributed import gpu_slot, init_worker, is_global_zero
+from lightning_ssl_backdoor.pipeline.distributed import is_global_zero
 from lightning_ssl_backdoor.pipeline.finite import finite_numbers
-from lightning_ssl_backdoor.pipeline.probe_stage import probe_callback, probe_set
+from lightning_ssl_backdoor.pipeline.probe_stage import probe_callback
 from lightning_ssl_backdoor.pipeline.results_merge import grid_keys, merge_rows
 from lightning_ssl_backdoor.pipeline.training import train_row
 from lightning_ssl_backdoor.pipeline.validate import validate_ranges
 from lightning_ssl_backdoor.report.figures import example_grid
 from lightning_ssl_backdoor.pipeline.display import write_experiment_report as write_report
-from lightning_ssl_backdoor.termination import install_worker
-from lightning_ssl_backdoor.utils import quiet_lightning
 
 __all__ = ["Runner", "config_from_dict", "data_hashes", "experiment_main", "load_clean_split", "split_key"]
 
@@ -168,13 +165,20 @@ class Runner:
             out.extend((*picked, seed) for seed in c.seeds)
         return out
 
+    def train_key(self, akey: str, algorithm: Spec, model_args: dict[str, Any], seed: int,
+                  defense: Optional[Spec] = None) -> str:
+        """The cache key of a row's training (``cache/train-<key>/``): the attacked split's key,
+        the algorithm, its keyed model arguments, the data and trainer settings, the seed and the
+        defense (None: the undefended training)."""
+        return config_hash(akey, "train", asdict(algorithm), keyed_model_args(model_args), asdict(self.cfg.data),
+                           key_fields(self.cfg.trainer), seed, None if defense is None else asdict(defense))
+
     def run_row(self, algorithm: Spec, attack: Optional[Spec], defense: Optional[Spec], seed: int) -> dict[str, Any]:
         split, akey = self.attacked_split(seed, attack)
         model_args = self.model_args(seed)
-        keyed_args = keyed_model_args(model_args)
+
         def train_key(d: Optional[Spec]) -> str:
-            return config_hash(akey, "train", asdict(algorithm), keyed_args, asdict(self.cfg.data),
-                               key_fields(self.cfg.trainer), seed, None if d is None else asdict(d))
+            return self.train_key(akey, algorithm, model_args, seed, d)
 
         tkey = train_key(defense)
         if defense is not None:
@@ -281,12 +285,12 @@ class Runner:
                 raise ConfigError(f"--only {bad} out of range: this grid has rows 0..{len(rows) - 1}.")
         chosen = [i for i in range(len(rows)) if only is None or i in only]
         t = self.cfg.trainer
-        ddp = _uses_ddp(t)
+        ddp = jobs.uses_ddp(t)
         if ddp and self.cfg.jobs > 1:
             raise ConfigError(f"jobs: {self.cfg.jobs} trains rows side by side, one GPU each; with DDP "
                               f"(trainer.devices {t.devices!r}, strategy {t.strategy!r}) set jobs: 1.")
         if self.cfg.jobs > 1 and len(chosen) > 1:
-            return self._run_parallel(rows, chosen)
+            return jobs.run_parallel(self, rows, chosen)
         if ddp:
             # DDP: the shared stages before the first fit, which starts the other ranks (Lightning's
             # launcher): they then read every attack and surrogate from the cache
@@ -300,46 +304,8 @@ class Runner:
             row = self.run_row(*rows[i])
             out.append(row)
             if is_global_zero():  # under DDP every rank runs the rows; rank 0 speaks
-                _summary(i, len(rows), row, time.perf_counter() - t0)
+                jobs.summary(i, len(rows), row, time.perf_counter() - t0)
         return out
-
-    def _run_parallel(self, rows, chosen: list[int]) -> list[dict[str, Any]]:
-        """Attacks and surrogates first (in this process, each once), then ``jobs`` worker
-        processes train the rows; results come back in row order. An interruption (Ctrl-C) or a
-        failed row terminates the workers at once; finished rows and checkpoints stay cached, so
-        re-running resumes."""
-        for i in chosen:  # the shared stages, computed once before any row trains
-            algorithm, attack, defense, seed = rows[i]
-            self.attacked_split(seed, attack)
-            self.model_args(seed)
-            if self.cfg.probe and defense is None:
-                probe_set(self, seed)
-        results: dict[int, dict[str, Any]] = {}
-        bar = tqdm(total=len(chosen), desc=f"experiment rows ({self.cfg.jobs} at a time)",
-                   disable=not self.progress, file=sys.stderr)
-        # defended rows (usually the longest) start first, so the workers tend to finish together
-        order = sorted(chosen, key=lambda i: (rows[i][2] is None, rows[i][1] is None))
-        ctx = mp.get_context("spawn")
-        jobs = min(self.cfg.jobs, len(chosen))
-        slots = ctx.Queue()  # worker slot i trains on GPU i mod N (distributed.worker_gpu)
-        for slot in range(jobs):
-            slots.put(slot)
-        pool = ctx.Pool(jobs, initializer=init_worker, initargs=(slots, torch.cuda.device_count()),
-                        maxtasksperchild=1)
-        try:
-            tasks = [(self.cfg, str(self.output), i) for i in order]
-            for i, row, seconds in pool.imap_unordered(_row_task, tasks):
-                results[i] = row
-                bar.update(1)
-                _summary(i, len(rows), row, seconds)
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-            bar.close()
-        return [results[i] for i in chosen]
 
 
 TABLE_LEGEND = (
@@ -347,45 +313,6 @@ TABLE_LEGEND = (
     "target (%); ASR cond.: the same among those the model classifies correctly without the trigger. "
     "none: no attack / no defense; –: no trigger to test. Mean ± std over the row's n seeds."
 )
-
-
-def _summary(i: int, n: int, row: dict[str, Any], seconds: float) -> None:
-    # the names the result table uses: an absent attack or defense is "none" there and here
-    tqdm.write(
-        f"[{i + 1}/{n}] {row['algorithm']} | attack={row['attack'] or 'none'} | defense={row['defense'] or 'none'} | "
-        f"seed={row['seed']}: CA {_pct(row['clean_accuracy'])}  ASR {_pct(row['asr'])}  "
-        f"ASR cond. {_pct(row.get('asr_conditioned'))}  ({seconds:.0f} s)",
-        file=sys.stderr,
-    )
-
-
-def _uses_ddp(t: TrainerConfig) -> bool:
-    """Whether a row trains over several processes: a ddp strategy, or several devices."""
-    d = t.devices
-    several = (len(d) > 1 if isinstance(d, (list, tuple)) else
-               str(d).strip() == "-1" or (str(d).strip().isdigit() and int(str(d)) > 1))
-    return "ddp" in str(t.strategy) or several
-
-
-def _pct(value: Optional[float]) -> str:
-    """A percentage for the console: "n/a" where the row has none (ASR of a clean row)."""
-    return "n/a" if value is None else f"{value}%"
-
-
-def _row_task(task: tuple[ExperimentConfig, str, int]) -> tuple[int, dict[str, Any], float]:
-    """One row in a worker process (``jobs`` > 1): no inner progress bar, ``cfg.threads`` threads,
-    GPU ``slot mod N`` when the machine has N GPUs."""
-    cfg, output, index = task
-    install_worker()  # SIGTERM (the parent terminating the pool): release this worker's locks, exit 143
-    quiet_lightning()
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: ..." once per row is noise
-    torch.set_num_threads(int(cfg.threads or 1))
-    with gpu_slot():
-        runner = Runner(cfg, Path(output), progress=False)
-        t0 = time.perf_counter()
-        row = runner.run_row(*runner.rows()[index])
-    return index, row, time.perf_counter() - t0
 
 
 def _pick(specs: list, key: Any, kind: str, allow_none: bool = True) -> Optional[Spec]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import math
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import torch
@@ -51,10 +50,11 @@ from lightning_ssl_backdoor.signatures import publish_signature
 from lightning_ssl_backdoor.ssl.batch import BATCH_LAYOUT, check_batch_layout
 from lightning_ssl_backdoor.ssl.evaluation import BackdoorEvaluation
 from lightning_ssl_backdoor.ssl.hijack import HijackDiagnostics
+from lightning_ssl_backdoor.ssl.optimization import SGDCosine
 
 __all__ = ["BATCH_LAYOUT", "SSLModule", "check_batch_layout", "load_initial_weights"]
 
-class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
+class SSLModule(HijackDiagnostics, BackdoorEvaluation, SGDCosine, pl.LightningModule):
     """Base class. Args are shared by every algorithm.
 
     Args:
@@ -361,48 +361,6 @@ class SSLModule(HijackDiagnostics, BackdoorEvaluation, pl.LightningModule):
         if trainer is not None and any(isinstance(c, DivergenceGuard) for c in trainer.callbacks):
             return []
         return [DivergenceGuard()]
-
-    def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        opt = torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.lr * self.lr_world_factor(),
-            momentum=self.hparams.momentum,
-            nesterov=self.hparams.nesterov and self.hparams.momentum > 0,
-        )
-        total = self.total_steps()
-        warm = int(self.hparams.warmup_steps)
-        cosine = self.hparams.schedule == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not cosine:
-                return 1.0
-            return math.cos(7.0 * math.pi * (step - warm) / (16.0 * max(1, total - warm)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def lr_world_factor(self) -> int:
-        """The world size with ``scale_lr_with_world_size`` (linear scaling rule), else 1."""
-        if not self.hparams.get("scale_lr_with_world_size", False) or self._trainer is None:
-            return 1
-        return int(self.trainer.world_size)
-
-    def total_steps(self) -> int:
-        if self._trainer is None:
-            return 1
-        ms = self.trainer.max_steps
-        if ms is None or ms < 0:
-            raise ConfigError("SSL training is iteration-based: set trainer.max_steps to a positive number.")
-        return int(ms)
 
     # ------------------------------------------------- checkpoint RNG state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
