@@ -108,6 +108,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Path(str(path) + PREV_SUFFIX).unlink(missing_ok=True)
 
 
+def check_checkpoint_file(ckpt_path: Any) -> None:
+    """Refuse a ``--ckpt_path`` that is no regular file (missing, a folder, a FIFO or device) with
+    one sentence, before the Trainer writes anything (its ``config.yaml``, a log folder); the
+    Trainer's own names (``last``, ``best``, ``hpc``, ``registry``) and ``None`` pass."""
+    if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+        return
+    path = Path(str(ckpt_path))
+    if not path.is_file():
+        raise CheckpointError(_not_a_checkpoint_file(path))
+
+
 def _not_a_checkpoint_file(path: Path) -> str:
     """Why ``path``, which is no regular file, cannot be a checkpoint: missing, a folder, or a FIFO /
     device (never opened: a FIFO would block, ``/dev/zero`` never ends)."""

@@ -54,7 +54,7 @@ def make_cli(argv: Optional[list[str]], run: bool = True):
     """
     from lightning_ssl_backdoor._lightning import LightningCLI
 
-    from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, fit_resumable
+    from lightning_ssl_backdoor.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file, fit_resumable
     from lightning_ssl_backdoor.data import SSLDataModule
     from lightning_ssl_backdoor.ssl import SSLModule
 
@@ -67,6 +67,12 @@ def make_cli(argv: Optional[list[str]], run: bool = True):
             if not self._get(self.config_init, "trainer", default={}).get("plugins"):
                 kwargs.setdefault("plugins", [AtomicCheckpointIO()])
             return super().instantiate_trainer(**kwargs)
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            # a bad --ckpt_path stops before the Trainer saves config.yaml (into the working
+            # folder when the logger is off) or makes a log folder
+            check_checkpoint_file(self._get(self.config, "ckpt_path"))
+            super()._run_subcommand(subcommand)
 
         def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:  # noqa: ANN001, ANN003
             # Ctrl-C saves last.ckpt at a step boundary (see checkpoint_io.fit_resumable)

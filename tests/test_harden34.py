@@ -346,6 +346,21 @@ def test_ckpt_path_that_is_a_folder_a_fifo_or_a_device(tmp_path):
                 io.load_checkpoint(path)
 
 
+def test_a_bad_ckpt_path_writes_nothing_even_with_the_logger_off(tmp_path, monkeypatch, capsys):
+    """`test --trainer.logger false --ckpt_path missing.ckpt` stops with one sentence before the
+    Trainer saves its config.yaml into the working folder."""
+    from tests.test_harden import LIGHTNING
+
+    monkeypatch.chdir(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with _Alarm(60):
+        for path, words in ((tmp_path / "none.ckpt", "does not exist"), (fifo, "named pipe")):
+            assert main(["test"] + LIGHTNING + ["--trainer.logger", "false", "--ckpt_path", str(path)]) == 2
+            assert words in _one_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
 def test_full_disk_names_the_file_being_written(tmp_path):
     from lightning_ssl_backdoor.data.artifacts import atomic_write
 
