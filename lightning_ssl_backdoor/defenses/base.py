@@ -51,6 +51,7 @@ from lightning_ssl_backdoor.data.artifacts import atomic_write_json
 from lightning_ssl_backdoor.data.cache_entry import read_json_entry
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.signatures import publish_signature
+from lightning_ssl_backdoor.defenses.repair_log import repair_logging
 from lightning_ssl_backdoor.models.interface import instantiate, require
 from lightning_ssl_backdoor.spec import DataConfig, Spec, TrainerConfig, config_hash
 
@@ -290,7 +291,8 @@ class ModelDefense(Defense):
             return cached
         models = ctx.load_model(trained)
         t0 = time.perf_counter()
-        repaired = self.repair(self.check_model(models.evaluated), ctx)
+        with repair_logging(ctx.tensorboard, self.name):  # sgd_train loops log to the row's TensorBoard
+            repaired = self.repair(self.check_model(models.evaluated), ctx)
         seconds = time.perf_counter() - t0
         res = {
             "test": ctx.evaluate(repaired),

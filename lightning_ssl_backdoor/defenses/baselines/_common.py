@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ssl_backdoor.augment import WeakAugment
+from lightning_ssl_backdoor.defenses.repair_log import step_logger
 from lightning_ssl_backdoor.errors import ConfigError
 from lightning_ssl_backdoor.models.interface import last_conv_of, require
 
@@ -164,6 +165,7 @@ def sgd_train(
     batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple]] = None,
     after_step: Optional[Callable[[nn.Module], None]] = None,
     cosine: bool = True,
+    log_name: str = "sgd",
 ) -> nn.Module:
     """Train ``model`` in place for ``steps`` SGD steps on ``(images, labels)``; return it.
 
@@ -171,7 +173,9 @@ def sgd_train(
     ``augment`` applies FixMatch's weak flip-and-shift per sample; ``batch_transform(x, y, g)`` may
     rewrite a batch (Neural Cleanse's unlearning stamps the reversed trigger on part of it);
     ``loss_fn(model, x, y)`` replaces cross entropy (NAD adds its attention term); ``after_step``
-    runs after every optimiser step. Cosine learning-rate decay to 0 when ``cosine``.
+    runs after every optimiser step. Cosine learning-rate decay to 0 when ``cosine``. Inside a
+    defense's :func:`~lightning_ssl_backdoor.defenses.repair_log.repair_logging` block the loss and
+    learning rate go to TensorBoard as the run ``<defense>-<log_name>``.
     """
     check_images_labels(images, labels)
     if int(steps) < 0:
@@ -188,8 +192,9 @@ def sgd_train(
     aug = WeakAugment(pad=pad) if augment and images.shape[-1] > pad else None
     n, bs = images.shape[0], min(int(batch_size), images.shape[0])
     order, pos = torch.randperm(n, generator=g), 0
+    log = step_logger(log_name, int(steps))
     model.train()
-    for _ in range(int(steps)):
+    for step in range(int(steps)):
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos : pos + bs]
@@ -203,6 +208,8 @@ def sgd_train(
         loss = loss_fn(model, x, y) if loss_fn is not None else F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if log is not None:
+            log(step, loss.item, opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
         if after_step is not None:

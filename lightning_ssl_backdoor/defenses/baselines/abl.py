@@ -63,7 +63,7 @@ def lga_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step
         return lga_loss(F.cross_entropy(m(x), y, reduction="none"), gamma)
 
     return sgd_train(clone(model), images, labels, steps, lr, batch_size=batch_size,
-                     generator=make_generator(0, generator), loss_fn=loss_fn, cosine=False)
+                     generator=make_generator(0, generator), loss_fn=loss_fn, cosine=False, log_name="isolate")
 
 
 def isolation_losses(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +107,7 @@ def abl_unlearn(
         return F.cross_entropy(m(x), y) - F.cross_entropy(m(xb), isolated_labels[idx].to(device))
 
     return sgd_train(clone(model), clean_images, clean_labels, steps, lr, batch_size=batch_size, generator=g,
-                     loss_fn=loss_fn, cosine=False)
+                     loss_fn=loss_fn, cosine=False, log_name="unlearn")
 
 
 @register_defense

@@ -134,7 +134,8 @@ def fine_prune(
     if k > 0:
         prune_channels(model, order[:k])
     if ft_steps > 0:
-        sgd_train(model, images, labels, ft_steps, lr, batch_size=batch_size, generator=make_generator(0, generator))
+        sgd_train(model, images, labels, ft_steps, lr, batch_size=batch_size, generator=make_generator(0, generator),
+                  log_name="finetune")
     if prune.is_pruned(model.head):
         prune.remove(model.head, "weight")
     return model, {"pruned_channels": k, "num_channels": d, "pruned": order[:k].tolist()}

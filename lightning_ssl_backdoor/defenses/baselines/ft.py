@@ -54,7 +54,7 @@ def fine_tune(
     check_images_labels(images, labels, "fine-tuning images")
     return sgd_train(
         clone(model), images, labels, steps, lr, batch_size=batch_size, weight_decay=weight_decay,
-        augment=augment, generator=make_generator(0, generator),
+        augment=augment, generator=make_generator(0, generator), log_name="finetune",
     )
 
 

@@ -84,7 +84,8 @@ def mcr_repair(
         raise ConfigError(f"MCR t must lie in [0, 1], got {t}.")
     g = make_generator(0, generator)
     if endpoint is None:
-        endpoint = sgd_train(clone(model), images, labels, endpoint_steps, lr, batch_size=batch_size, generator=g)
+        endpoint = sgd_train(clone(model), images, labels, endpoint_steps, lr, batch_size=batch_size, generator=g,
+                             log_name="endpoint")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
     w1 = {n: p.detach().clone() for n, p in endpoint.named_parameters() if n in names}
@@ -102,7 +103,8 @@ def mcr_repair(
         params = {n: bezier_point(w0[n], thetas[n], w1[n], s) for n in names}
         return F.cross_entropy(functional_call(m, params, (x,), strict=False), y)
 
-    sgd_train(curve, images, labels, curve_steps, lr, batch_size=batch_size, generator=g, loss_fn=loss_fn)
+    sgd_train(curve, images, labels, curve_steps, lr, batch_size=batch_size, generator=g, loss_fn=loss_fn,
+              log_name="curve")
     repaired = clone(model)
     with torch.no_grad():
         for n, p in repaired.named_parameters():

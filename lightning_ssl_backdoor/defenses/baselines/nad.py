@@ -81,7 +81,8 @@ def nad_distill(
     check_images_labels(images, labels, "NAD images")
     g = make_generator(0, generator)
     if teacher is None:
-        teacher = sgd_train(clone(model), images, labels, teacher_steps, lr, batch_size=batch_size, generator=g)
+        teacher = sgd_train(clone(model), images, labels, teacher_steps, lr, batch_size=batch_size, generator=g,
+                            log_name="teacher")
     teacher.eval()
     student = clone(model)
     s_mods, t_mods = _modules(student, layers), _modules(teacher, layers)
@@ -99,7 +100,8 @@ def nad_distill(
                 loss = loss + b * nad_loss(fs, ft, p)
             return loss
 
-        sgd_train(student, images, labels, student_steps, lr, batch_size=batch_size, generator=g, loss_fn=loss_fn)
+        sgd_train(student, images, labels, student_steps, lr, batch_size=batch_size, generator=g, loss_fn=loss_fn,
+                  log_name="student")
     return student
 
 

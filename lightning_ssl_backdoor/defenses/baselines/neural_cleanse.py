@@ -166,7 +166,7 @@ def neural_cleanse(
         return x, y
 
     repaired = sgd_train(clone(model), images, labels, unlearn_steps, unlearn_lr, batch_size=batch_size,
-                         generator=g, batch_transform=add_triggers)
+                         generator=g, batch_transform=add_triggers, log_name="unlearn")
     return repaired, info
 
 
