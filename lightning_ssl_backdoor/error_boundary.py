@@ -88,6 +88,9 @@ def _parse_error_sentence(e: BaseException) -> str:
     reason = re.sub(r'Parser key "[^"]+":', "", reason)
     reason = _one_line(reason).rstrip(".")
     where = ".".join(k for k in keys if k not in ("init_args",))
+    typed = re.match(r"\s*Expected an? (?:<class ')?([\w.\[\], ]+?)(?:'>)?\.? Got value: (.*)$", reason)
+    if where and typed:  # jsonargparse's "Expected a int. Got value: abc" -> "x must be int, got 'abc'"
+        return f"{where} must be {typed.group(1)}, got {typed.group(2)!r}; see `--help`."
     if where and where not in reason:
         return f"invalid value for {where}: {reason}; see `--help`."
     return f"{reason}; see `--help`."

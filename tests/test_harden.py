@@ -97,7 +97,7 @@ def test_16_attack_class_path_resolves_only_registered_attacks(tmp_path, capsys)
 @pytest.mark.parametrize("arg, words", [
     (["--model.init_args.threshold", "1.5"], "threshold must be in [0, 1]"),
     (["--model.init_args.arch", "resnet9000"], "Unknown model architecture 'resnet9000'"),
-    (["--model.init_args.threshold", "x"], "model.threshold: Expected a float"),
+    (["--model.init_args.threshold", "x"], "model.threshold must be float, got 'x'"),
     (["--data.nosuch", "1"], "unrecognized arguments"),
     (["-c", "/no/such.yaml"], "does not exist"),
 ])
