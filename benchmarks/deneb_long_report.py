@@ -95,10 +95,13 @@ def probe_table(hist: list[dict[str, Any]], theta0: dict[str, float]) -> list[st
     return lines
 
 
-def figure(curves: dict[str, list[dict[str, Any]]], theta0: dict[str, float], path: Path) -> None:
+def figure(curves: dict[str, list[dict[str, Any]]], theta0: dict[str, float], path: Path,
+           base_rate: Any = None) -> None:
+    """The probe curves, one colour per row in every panel; ``base_rate``: the trigger's conditioned
+    ASR (%) on the no-attack model at the end, drawn in the test-ASR panel."""
     panels = [("acc_ema", "clean accuracy (%)"), ("asr_cond_ema", "test ASR cond., trigger (%)"), ("probe_asr_cond_perturbation_ema", "probe: perturbation alone (%)"),
               ("probe_asr_cond_both_ema", "probe: trigger + perturbation (%)"), ("probe_strong_target_loss_ema", "poison strong-view CE to target")]
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.8))
     colors = {label: f"C{i}" for i, label in enumerate(curves)}  # one colour per row in every panel
     for ax, (key, title) in zip(axes, panels):
         for label, hist in curves.items():
@@ -111,6 +114,8 @@ def figure(curves: dict[str, list[dict[str, Any]]], theta0: dict[str, float], pa
             xs, ys = zip(*pts)
             scale = 1 if "loss" in key else 100
             ax.plot(xs, [scale * y for y in ys], marker="o", ms=3, label=label, color=colors[label])
+        if key == "asr_cond_ema" and base_rate is not None:
+            ax.axhline(base_rate, color="0.3", ls="--", lw=1, label="base rate")
         if "loss" not in key:
             ax.set_ylim(bottom=0)
         ax.set_xlim(-500, 30_500)
@@ -119,8 +124,11 @@ def figure(curves: dict[str, list[dict[str, Any]]], theta0: dict[str, float], pa
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker="o", ms=3, label=lb) for lb, c in colors.items()]
-    axes[0].legend(handles=handles, fontsize=7)
-    fig.tight_layout()
+    if base_rate is not None:
+        handles.append(plt.Line2D([], [], color="0.3", ls="--", lw=1,
+                                  label="base rate: the trigger on the no-attack model"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -150,12 +158,17 @@ def main(argv: list[str]) -> int:
     notes = ""
     if md_path.is_file() and NOTES in md_path.read_text():
         notes = md_path.read_text().split(NOTES, 1)[1]
-    table = (output / "results.md").read_text().split("\n## ")[0].strip() if (output / "results.md").is_file() else ""
+    runner_md = (output / "results.md").read_text() if (output / "results.md").is_file() else ""
+    table = runner_md.split("\n## ")[0].strip()
+    # the runner's hijack and base-rate sections, as it wrote them
+    extra = [part for part in runner_md.split("\n## ")[1:] if part.startswith(("Hijack", "Base rates"))]
     lines = ["# cifar10_deneb_long (issue 36): DeNeB with a 10x longer victim schedule", "",
              "`configs/experiments/cifar10_deneb_long.yaml`: the `cifar10_deneb` setting, FixMatch from theta_0 "
              "for 30,000 steps (cosine schedule over them), evaluated every 3,000 steps, seed 0.", ""]
     if table:
         lines += ["## Finished rows (the runner's table)", "", *table.splitlines()[1:], ""]
+        for part in extra:
+            lines += ["## " + part.strip(), ""]
     if partial:
         lines += ["## Rows still training (partial)", "",
                   *[f"- {p['row']}: last evaluation at step {p['reached_step']} of 30,000" for p in partial], ""]
@@ -172,7 +185,9 @@ def main(argv: list[str]) -> int:
         lines += [f"### {label}" + (" (partial)" if any(p["row"] == label for p in partial) else ""), "",
                   *probe_table(hist, theta0), ""]
     if curves:
-        figure(curves, theta0, OUT / "cifar10_deneb_long_probe.png")
+        clean = [r for r in results["rows"] if r.get("attack") is None and r.get("base_rates")]
+        rate = next(iter(clean[0]["base_rates"].values()))["asr_conditioned"] if clean else None
+        figure(curves, theta0, OUT / "cifar10_deneb_long_probe.png", rate)
         lines += ["![probe curves](cifar10_deneb_long_probe.png)", ""]
     lines += [NOTES + (notes.rstrip() if notes else "\n\n(to be written when the rows finish)"), ""]
     atomic_write_text(md_path, "\n".join(lines))
