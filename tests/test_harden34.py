@@ -24,6 +24,7 @@ from lightning_ssl_backdoor.error_boundary import classify
 from lightning_ssl_backdoor.errors import ArtifactError, ConfigError, DataFormatError, TrainingDiverged
 from tests.test_harden import SMALL, _cfg, _one_error  # the shared tiny experiment and its error check
 
+
 class _Alarm:
     """Fail (instead of hanging for ever) when the body runs longer than ``seconds``."""
 
