@@ -372,14 +372,16 @@ def test_15_no_usable_checkpoint_starts_from_scratch_with_a_warning(tmp_path):
 
 # ------------------------------------------------------------------ Ctrl-C (20, minor)
 class SigintAt(Callback):
-    """Sends this process SIGINT (a Ctrl-C) at the end of training step ``step``."""
+    """Sends this process ``signum`` (SIGINT, a Ctrl-C) at the end of training step ``step``."""
+
+    signum = signal.SIGINT
 
     def __init__(self, step: int = 1) -> None:
         self.step = step
 
     def on_train_batch_end(self, trainer, *a):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
 
 
 def test_20_fit_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, capsys):

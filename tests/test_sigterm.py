@@ -14,20 +14,14 @@ import time
 import pytest
 import torch
 
-from lightning_ssl_backdoor._lightning import Callback
 from lightning_ssl_backdoor.cli import main
-from tests.test_harden import ROOT, SMALL, _cfg
+from tests.test_harden import ROOT, SMALL, SigintAt, _cfg
 
 
-class _SigtermAt(Callback):
+class _SigtermAt(SigintAt):
     """Sends this process SIGTERM at the end of training step ``step``."""
 
-    def __init__(self, step: int = 1) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *a):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+    signum = signal.SIGTERM
 
 
 def test_sigterm_with_one_job_saves_a_resume_point_and_exits_143(tmp_path, capsys, monkeypatch):
