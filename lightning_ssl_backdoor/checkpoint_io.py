@@ -88,8 +88,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         import pickle
 
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(_not_a_checkpoint_file(path))
+        check_checkpoint_file(path)
         try:
             return torch.load(path, map_location=map_location or (lambda storage, loc: storage), weights_only=True)
         except pickle.UnpicklingError as e:
